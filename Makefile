@@ -1,0 +1,29 @@
+# pgwarden — build, test, test bed. `make help` lists the targets.
+SHELL := /bin/bash
+GO ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X github.com/pgwarden/pgwarden/pkg/version.Version=$(VERSION)
+
+.PHONY: help build test unit deps clean
+help: ## list targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+
+build: ## build bin/pgwarden
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/pgwarden ./cmd/pgwarden
+
+test: deps ## run every test: unit, integration (real PostgreSQL, real kube-apiserver) and the node test bed's self-test
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 40m ./...
+
+deps: ## install what the tests need on a fresh Debian machine
+	./e2e/deps.sh
+
+clean: ## remove build output
+	rm -rf bin
+
+include e2e/testbed/testbed.mk
+
+.PHONY: bench-instance
+bench-instance: build ## measure the instance manager: RSS, probe latency, startup (writes .bench/instance.md)
+	mkdir -p .bench
+	$(GO) run ./e2e/bench/instance -bin bin/pgwarden -o .bench/instance.md
