@@ -11,9 +11,10 @@ help: ## list targets
 build: ## build bin/pgwarden
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/pgwarden ./cmd/pgwarden
 
-test: deps ## run every test: unit, integration (real PostgreSQL, real kube-apiserver) and the node test bed's self-test
+test: deps testbed-build ## run every test: unit, integration (real PostgreSQL, real kube-apiserver) and the node test bed's self-test
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 40m ./...
+	$(MAKE) testbed-selftest
 
 deps: ## install what the tests need on a fresh Debian machine
 	./e2e/deps.sh
