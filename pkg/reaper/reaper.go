@@ -133,8 +133,9 @@ func reapAll() {
 		}
 		st := statusOf(ws)
 		if ch, ok := waiting[pid]; ok {
-			ch <- st // buffered: never blocks
-			delete(waiting, pid)
+			// Buffered: never blocks. The entry stays until WaitCommand takes
+			// it, so a command that exits before its owner waits is not lost.
+			ch <- st
 			continue
 		}
 		orphans.Add(1)
@@ -173,6 +174,9 @@ func WaitCommand(cmd *exec.Cmd) (Status, error) {
 		return statusOf(unix.WaitStatus(ws)), nil
 	}
 	st := <-ch
+	mu.Lock()
+	delete(waiting, cmd.Process.Pid)
+	mu.Unlock()
 	// The process is already reaped, so Wait reports ECHILD; it is still needed
 	// to finish copying output and close the pipes os/exec made for cmd.
 	_ = cmd.Wait()

@@ -78,3 +78,32 @@ func TestWithoutReaperFallsBackToExec(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestExitBeforeWait: a command that has exited and been reaped before its
+// owner calls WaitCommand still gets its own status.
+func TestExitBeforeWait(t *testing.T) {
+	if err := Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(Stop)
+	cmd := exec.Command("sh", "-c", "exit 3")
+	if err := StartCommand(cmd); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	// Wait until the reaper has collected it: the PID is gone from /proc.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d not reaped within 10s", pid)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	st, err := WaitCommand(cmd)
+	if err != nil || st.Code != 3 {
+		t.Fatalf("WaitCommand = %+v, %v; want exit status 3", st, err)
+	}
+}
