@@ -113,6 +113,11 @@ type Config struct {
 	// MaxBackoff caps the wait before a restart. Default 30 s; the first wait is 1 s.
 	MaxBackoff time.Duration
 
+	// StartHeld makes Run wait for a Start before it starts the first
+	// postmaster (Kubernetes mode: the role controller prepares the data
+	// directory first). Without it Run starts postgres at once.
+	StartHeld bool
+
 	Logger  *slog.Logger
 	Metrics *Metrics
 }
@@ -137,6 +142,16 @@ type Supervisor struct {
 	everAnswered bool // some postmaster has answered since Run began
 
 	pid atomic.Int64 // the running postmaster's PID, 0 when none; read by any goroutine
+
+	// held: the postmaster is to stay stopped until a Start. Set by Stop and
+	// Fence (from any goroutine), cleared by Start; Run checks it before every
+	// start and restart, so a fenced postmaster is never restarted behind the
+	// role controller's back.
+	held atomic.Bool
+	// fence wakes the Run goroutine after Fence; one pending wake-up is enough.
+	fence chan struct{}
+	// lastStop is the step that ended the last commanded stop; owned by Run.
+	lastStop Step
 }
 
 type command interface{ isCommand() }
@@ -144,6 +159,23 @@ type command interface{ isCommand() }
 type reloadCmd struct{ done chan error }
 
 func (reloadCmd) isCommand() {}
+
+// stopCmd stops the postmaster and keeps it stopped until a startCmd.
+type stopCmd struct {
+	first  Step
+	budget time.Duration
+	done   chan Step
+}
+
+func (stopCmd) isCommand() {}
+
+// startCmd starts a postmaster after a stopCmd or Fence (or with StartHeld).
+type startCmd struct{ done chan error }
+
+func (startCmd) isCommand() {}
+
+// ErrHeld: the postmaster is stopped on request (Stop or Fence) and stays so until Start.
+var ErrHeld = errors.New("postgres is stopped on request")
 
 // New returns a Supervisor for cfg.
 func New(cfg Config) *Supervisor {
@@ -168,8 +200,67 @@ func New(cfg Config) *Supervisor {
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
 	}
-	return &Supervisor{cfg: cfg, log: cfg.Logger, cmds: make(chan command)}
+	s := &Supervisor{cfg: cfg, log: cfg.Logger, cmds: make(chan command), fence: make(chan struct{}, 1)}
+	s.held.Store(cfg.StartHeld)
+	return s
 }
+
+// Stop stops the postmaster, starting with step first (StepSmart, StepFast or
+// StepImmediate) and escalating within budget, and keeps it stopped until
+// Start: the supervisor does not restart it. It returns the step that ended
+// the stop (StepNone if postgres was not running). A Fence during the stop
+// escalates it to immediate at once. ctx bounds only the wait for the
+// supervisor to take the command; once taken, the stop runs to its end.
+func (s *Supervisor) Stop(ctx context.Context, first Step, budget time.Duration) (Step, error) {
+	c := stopCmd{first: first, budget: budget, done: make(chan Step, 1)}
+	select {
+	case s.cmds <- c:
+	case <-ctx.Done():
+		return StepNone, ctx.Err()
+	}
+	return <-c.done, nil
+}
+
+// Start starts postgres again after Stop or Fence (or the first time, with
+// StartHeld), with whatever configuration is in the data directory now, and
+// waits until it answers. An error says the start failed; the supervisor then
+// restarts it with backoff as after any failed start.
+func (s *Supervisor) Start(ctx context.Context) error {
+	c := startCmd{done: make(chan error, 1)}
+	select {
+	case s.cmds <- c:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-c.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Fence stops accepting writes at once: it sends SIGQUIT (immediate shutdown)
+// to the postmaster from the caller's goroutine, without waiting for the
+// supervising goroutine, and marks the postmaster held so that nothing
+// restarts it until Start. The supervising goroutine then finishes the stop
+// (SIGKILL to whatever is left after a short grace). It never blocks: call it
+// from the primary Lease's fencing callback.
+func (s *Supervisor) Fence() {
+	s.held.Store(true)
+	if pid := s.pid.Load(); pid > 0 {
+		_ = unix.Kill(int(pid), unix.SIGQUIT)
+	}
+	select {
+	case s.fence <- struct{}{}:
+	default:
+	}
+}
+
+// fenceBudget bounds the stop after a Fence: SIGQUIT at once, SIGKILL to the
+// process group near the end. Immediate shutdown takes milliseconds; the rest
+// is for a postmaster that is stuck.
+const fenceBudget = 3 * time.Second
 
 // Reload asks the postmaster to re-read its configuration (SIGHUP).
 func (s *Supervisor) Reload(ctx context.Context) error {
@@ -197,14 +288,36 @@ func (s *Supervisor) PID() int { return int(s.pid.Load()) }
 func (s *Supervisor) Run(ctx context.Context) (int, error) {
 	failures := 0
 	backoff := time.Second
+	var starting *startCmd // a Start waiting for the postmaster to answer
+	reply := func(err error) {
+		if starting != nil {
+			starting.done <- err
+			starting = nil
+		}
+	}
+	defer reply(ErrHeld)
 	for {
+		if s.held.Load() {
+			c, ok := s.waitHeld(ctx)
+			if !ok {
+				return s.lastStop.ExitCode(), nil
+			}
+			starting = c
+			failures, backoff = 0, time.Second
+		}
 		err := s.start()
 		if err == nil {
 			err = s.awaitAnswer(ctx)
 		}
 		if ctx.Err() != nil {
+			reply(ctx.Err())
 			return s.shutdown()
 		}
+		if errors.Is(err, ErrHeld) {
+			reply(err)
+			continue
+		}
+		reply(err)
 		if err != nil {
 			var cns *ErrCouldNotStart
 			if errors.As(err, &cns) && !s.everAnswered {
@@ -220,6 +333,9 @@ func (s *Supervisor) Run(ctx context.Context) (int, error) {
 			if done {
 				return code, runErr
 			}
+			if s.held.Load() {
+				continue // stopped on request: not a failure
+			}
 			if time.Since(s.startAt) >= s.cfg.StableAfter {
 				failures, backoff = 0, time.Second
 			} else {
@@ -227,19 +343,64 @@ func (s *Supervisor) Run(ctx context.Context) (int, error) {
 			}
 		}
 		s.stopNow() // make sure nothing of the old postmaster is left
+		if s.held.Load() {
+			continue
+		}
 		if failures >= s.cfg.MaxFailures {
 			return ExitCouldNotStart, &ErrCouldNotStart{Reason: fmt.Sprintf("postgres failed %d times in a row; giving up", failures)}
 		}
 		s.log.Warn("restarting postgres after backoff", "backoff", backoff.String(), "consecutive_failures", failures)
-		t := time.NewTimer(backoff)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return ExitClean, nil
+		if !s.backoff(ctx, backoff) {
+			if ctx.Err() != nil {
+				return ExitClean, nil
+			}
+			continue // held meanwhile
 		}
 		backoff = min(2*backoff, s.cfg.MaxBackoff)
 		s.cfg.Metrics.Restarts.Inc()
+	}
+}
+
+// backoff waits d before a restart, serving commands; false if ctx ended or
+// the postmaster was held (Stop or Fence) meanwhile.
+func (s *Supervisor) backoff(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			return !s.held.Load()
+		case <-ctx.Done():
+			return false
+		case <-s.fence:
+			return false
+		case c := <-s.cmds:
+			if s.handle(c) {
+				return false
+			}
+		}
+	}
+}
+
+// waitHeld waits, with no postmaster running, for a Start; false when ctx ended.
+func (s *Supervisor) waitHeld(ctx context.Context) (*startCmd, bool) {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, false
+		case <-s.fence:
+		case c := <-s.cmds:
+			switch c := c.(type) {
+			case startCmd:
+				s.held.Store(false)
+				s.log.Info("starting postgres on request")
+				return &c, true
+			case stopCmd:
+				c.done <- StepNone
+			case reloadCmd:
+				c.done <- errors.New("cannot reload: postgres is not running")
+			}
+		}
 	}
 }
 
@@ -302,13 +463,24 @@ func (s *Supervisor) awaitAnswer(ctx context.Context) error {
 		}
 		select {
 		case <-s.done:
+			if s.held.Load() {
+				s.fenceStop()
+				return ErrHeld
+			}
 			return &ErrCouldNotStart{Reason: "postgres exited before it answered (" + s.status.String() + "); see its log above"}
 		case <-deadline.C:
 			return &ErrCouldNotStart{Reason: fmt.Sprintf("postgres did not answer within the start delay of %s", s.cfg.StartDelay)}
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-s.fence:
+			if s.held.Load() { // else a stale wake-up from before the last Start
+				s.fenceStop()
+				return ErrHeld
+			}
 		case c := <-s.cmds:
-			s.handle(c)
+			if s.handle(c) {
+				return ErrHeld
+			}
 		case <-time.After(poll):
 			poll = min(2*poll, maxPoll)
 		}
@@ -320,7 +492,16 @@ func (s *Supervisor) awaitAnswer(ctx context.Context) error {
 func (s *Supervisor) supervise(ctx context.Context) (code int, done bool, err error) {
 	for {
 		select {
+		case <-s.fence:
+			if s.held.Load() { // else a stale wake-up from before the last Start
+				s.fenceStop()
+				return 0, false, nil
+			}
 		case <-s.done:
+			if s.held.Load() { // fenced: SIGQUIT came from Fence
+				s.fenceStop()
+				return 0, false, nil
+			}
 			s.cfg.Metrics.Up.Set(0)
 			s.cfg.Metrics.UnexpectedExits.Inc()
 			s.log.Error("postgres exited unexpectedly", "pid", s.proc.Process.Pid, "status", s.status.String(),
@@ -330,8 +511,19 @@ func (s *Supervisor) supervise(ctx context.Context) (code int, done bool, err er
 			code, err := s.shutdown()
 			return code, true, err
 		case c := <-s.cmds:
-			s.handle(c)
+			if s.handle(c) {
+				return 0, false, nil
+			}
 		}
+	}
+}
+
+// fenceStop finishes a stop after Fence: the postmaster already has SIGQUIT.
+func (s *Supervisor) fenceStop() {
+	s.log.Warn("postgres fenced: immediate shutdown")
+	s.lastStop = s.stopFrom(StepImmediate, fenceBudget)
+	if s.lastStop == StepNone {
+		s.lastStop = StepImmediate
 	}
 }
 
@@ -347,15 +539,27 @@ func (s *Supervisor) running() bool {
 	}
 }
 
-func (s *Supervisor) handle(c command) {
+// handle serves a command while a postmaster runs (or is starting). It
+// reports whether the postmaster was stopped on request and is now held.
+func (s *Supervisor) handle(c command) bool {
 	switch c := c.(type) {
 	case reloadCmd:
 		if !s.running() {
 			c.done <- errors.New("cannot reload: postgres is not running")
-			return
+			return false
 		}
 		c.done <- s.proc.Process.Signal(unix.SIGHUP)
+	case startCmd:
+		c.done <- nil // already running
+	case stopCmd:
+		s.held.Store(true)
+		s.log.Info("stopping postgres on request", "first", c.first.String(), "budget", c.budget.String())
+		step := s.stopFrom(c.first, c.budget)
+		s.lastStop = step
+		c.done <- step
+		return true
 	}
+	return false
 }
 
 // phases splits a stop budget: smart until half, fast until 2r before the
@@ -421,17 +625,45 @@ func (s *Supervisor) stopFrom(first Step, budget time.Duration) Step {
 		at   time.Duration
 	}
 	schedule := []phase{{StepSmart, 0}, {StepFast, smartEnd}, {StepImmediate, fastEnd}, {StepKill, immEnd}}
-	if first != StepSmart {
+	switch first {
+	case StepSmart:
+	case StepImmediate:
+		schedule = []phase{{StepImmediate, 0}, {StepKill, immEnd}}
+	default:
 		schedule = []phase{{StepFast, 0}, {StepImmediate, fastEnd}, {StepKill, immEnd}}
 	}
 	ended := StepNone
-	for _, ph := range schedule {
+	for k := 0; k < len(schedule); k++ {
+		ph := schedule[k]
 		t := time.NewTimer(time.Until(began.Add(ph.at)))
-		select {
-		case <-s.done:
-			t.Stop()
-			return s.finishStop(ended, pid, began)
-		case <-t.C:
+	wait:
+		for {
+			select {
+			case <-s.done:
+				t.Stop()
+				return s.finishStop(ended, pid, began)
+			case <-t.C:
+				break wait
+			case <-s.fence:
+				// Fenced during a stop: immediate now, SIGKILL after fenceBudget.
+				if !s.held.Load() || ph.step >= StepImmediate {
+					continue // stale (from before the last Start), or already past fast
+				}
+				t.Stop()
+				at := time.Since(began)
+				schedule = append(schedule[:k:k], phase{StepImmediate, at}, phase{StepKill, at + fenceBudget})
+				ph = schedule[k]
+				break wait
+			case c := <-s.cmds:
+				switch c := c.(type) {
+				case reloadCmd:
+					c.done <- errors.New("cannot reload: postgres is stopping")
+				case startCmd:
+					c.done <- errors.New("cannot start postgres: it is stopping")
+				case stopCmd:
+					c.done <- StepNone // already stopping
+				}
+			}
 		}
 		s.log.Info("stopping postgres", "pid", pid, "mode", ph.step.String())
 		if ph.step == StepKill {

@@ -94,7 +94,10 @@ read from --superuser-password-file), writes the configuration it owns, starts
 postgres as its child, reaps orphans, serves probes on --status-addr and metrics on
 --metrics-addr, and on SIGTERM shuts postgres down within --stop-delay.
 
-Without --pod-name it runs standalone: one primary, no Kubernetes.`,
+Without --pod-name it runs standalone: one primary, no Kubernetes. With --pod-name,
+--namespace and --cluster it runs in Kubernetes mode: it follows the desired role in
+its Pod's annotation pgwarden.io/role, holds the primary Lease <cluster>-primary while
+primary, and clones, follows, promotes, demotes and rewinds by itself.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if len(envErrs) > 0 {
@@ -117,13 +120,19 @@ Without --pod-name it runs standalone: one primary, no Kubernetes.`,
 	f.StringVar(&o.MetricsAddr, "metrics-addr", env("PGWARDEN_METRICS_ADDR", ":9187"), "address of the Prometheus metrics endpoint [PGWARDEN_METRICS_ADDR]")
 	f.DurationVar(&o.StopDelay, "stop-delay", 30*time.Second, "time budget of a shutdown: smart for half, then fast, immediate, SIGKILL (set it to the pod's termination grace period)")
 	f.DurationVar(&o.StartDelay, "start-delay", 30*time.Second, "time the postmaster has to answer at all (accepting or rejecting connections) after it starts")
-	f.DurationVar(&o.SwitchoverDelay, "switchover-delay", 40000000*time.Second, "time budget of a demotion's fast shutdown (used once roles are managed)")
+	f.DurationVar(&o.SwitchoverDelay, "switchover-delay", 40000000*time.Second, "time budget of a demotion's fast shutdown (Kubernetes mode); past it, immediate shutdown")
 	f.StringVar(&o.PasswordFile, "superuser-password-file", env("PGWARDEN_SUPERUSER_PASSWORD_FILE", ""), "file holding the superuser's password, e.g. a mounted Secret [PGWARDEN_SUPERUSER_PASSWORD_FILE]")
 	f.StringVar(&o.ParametersFile, "parameters-file", env("PGWARDEN_PARAMETERS_FILE", ""), "optional file of PostgreSQL parameters in postgresql.conf syntax; re-read when it changes [PGWARDEN_PARAMETERS_FILE]")
 	f.StringVar(&o.RunAs, "run-as", env("PGWARDEN_RUN_AS", "postgres"), "OS user that runs postgres when pgwarden runs as root [PGWARDEN_RUN_AS]")
 	f.StringVar(&o.PodName, "pod-name", env("POD_NAME", ""), "this instance's Pod [POD_NAME]; empty: standalone")
 	f.StringVar(&o.Namespace, "namespace", env("POD_NAMESPACE", ""), "the Pod's namespace [POD_NAMESPACE]")
 	f.StringVar(&o.Cluster, "cluster", env("CLUSTER_NAME", ""), "the PostgresCluster this instance belongs to [CLUSTER_NAME]")
+	f.StringVar(&o.Kubeconfig, "kubeconfig", env("KUBECONFIG", ""), "kubeconfig file for the Kubernetes API [KUBECONFIG] (default: the in-cluster ServiceAccount)")
+	f.StringVar(&o.ReplicationPasswordFile, "replication-password-file", env("PGWARDEN_REPLICATION_PASSWORD_FILE", ""), "file holding the replication role's password, e.g. a mounted Secret; required with --pod-name [PGWARDEN_REPLICATION_PASSWORD_FILE]")
+	f.StringVar(&o.PodIP, "pod-ip", env("POD_IP", ""), "this Pod's IP, used until the Pod's status has one [POD_IP]")
+	f.DurationVar(&o.LeaseDuration, "lease-duration", 15*time.Second, "primary Lease: how long others wait after the holder's last renew before taking it")
+	f.DurationVar(&o.LeaseRenewDeadline, "lease-renew-deadline", 10*time.Second, "primary Lease: the holder fences itself (immediate shutdown) when it has not renewed for this long")
+	f.DurationVar(&o.LeaseRetryPeriod, "lease-retry-period", 2*time.Second, "primary Lease: how often the holder renews and replicas look for a new holder")
 	f.StringVar(&o.LogLevel, "log-level", env("PGWARDEN_LOG_LEVEL", "info"), "debug, info, warn or error [PGWARDEN_LOG_LEVEL]")
 	f.SortFlags = false
 	return cmd

@@ -47,7 +47,18 @@ type Options struct {
 	Namespace       string
 	Cluster         string
 	LogLevel        string
+
+	// Kubernetes mode (PodName set).
+	Kubeconfig              string
+	ReplicationPasswordFile string
+	PodIP                   string
+	LeaseDuration           time.Duration
+	LeaseRenewDeadline      time.Duration
+	LeaseRetryPeriod        time.Duration
 }
+
+// kubernetes reports whether o asks for Kubernetes mode.
+func (o Options) kubernetes() bool { return o.PodName != "" || o.Namespace != "" || o.Cluster != "" }
 
 // superuser is the bootstrap superuser's name.
 const superuser = "postgres"
@@ -82,8 +93,21 @@ func (o Options) validate() error {
 			errs = append(errs, fmt.Errorf("%s must be positive, got %s", name, d))
 		}
 	}
-	if o.PodName != "" {
-		errs = append(errs, fmt.Errorf("--pod-name %q given, but Kubernetes mode (roles, the primary Lease) is not part of this release yet; unset POD_NAME to run standalone", o.PodName))
+	if o.kubernetes() {
+		if o.PodName == "" || o.Namespace == "" || o.Cluster == "" {
+			errs = append(errs, fmt.Errorf("Kubernetes mode needs --pod-name, --namespace and --cluster together (got %q, %q, %q); give none of them to run standalone",
+				o.PodName, o.Namespace, o.Cluster))
+		}
+		if o.ReplicationPasswordFile == "" {
+			errs = append(errs, errors.New("--replication-password-file is required in Kubernetes mode (the replication role's password, e.g. from a mounted Secret)"))
+		}
+		if o.PodIP != "" && net.ParseIP(o.PodIP) == nil {
+			errs = append(errs, fmt.Errorf("--pod-ip %q is not an IP address", o.PodIP))
+		}
+		if !(0 < o.LeaseRetryPeriod && o.LeaseRetryPeriod < o.LeaseRenewDeadline && o.LeaseRenewDeadline < o.LeaseDuration) {
+			errs = append(errs, fmt.Errorf("want 0 < --lease-retry-period (%s) < --lease-renew-deadline (%s) < --lease-duration (%s)",
+				o.LeaseRetryPeriod, o.LeaseRenewDeadline, o.LeaseDuration))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -151,10 +175,20 @@ func run(ctx context.Context, hup <-chan struct{}, o Options, base, log *slog.Lo
 	if err := reaper.Start(); err != nil {
 		return lifecycle.ExitCouldNotStart, err
 	}
+	mode := "standalone"
+	if o.kubernetes() {
+		mode = "kubernetes"
+	}
 	log.Info("pgwarden starting", "pgdata", o.DataDir, "postgres_major", bin.Major, "bin_dir", bin.Dir,
-		"pid", os.Getpid(), "mode", "standalone", "data_directory", state.String())
+		"pid", os.Getpid(), "mode", mode, "data_directory", state.String())
 
-	if state == postgres.Empty {
+	var kube *kubeSetup
+	if o.kubernetes() {
+		// Everything about Kubernetes is checked before PGDATA is touched.
+		if kube, err = newKubeSetup(o, log); err != nil {
+			return lifecycle.ExitCouldNotStart, err
+		}
+	} else if state == postgres.Empty {
 		began := time.Now()
 		log.Info("initialising an empty data directory with initdb", "pgdata", o.DataDir)
 		if err := postgres.InitDB(ctx, bin, postgres.InitOptions{DataDir: o.DataDir, PasswordFile: o.PasswordFile, Superuser: superuser, RunAs: user}); err != nil {
@@ -166,10 +200,13 @@ func run(ctx context.Context, hup <-chan struct{}, o Options, base, log *slog.Lo
 		return lifecycle.ExitCouldNotStart, err
 	}
 	cfg := postgres.Config{Port: o.Port, ListenAddresses: o.ListenAddresses, SocketDir: o.SocketDir, Parameters: params}
-	if _, err := postgres.WriteConfig(o.DataDir, cfg, user); err != nil {
-		return lifecycle.ExitCouldNotStart, err
+	store := newConfStore(o.DataDir, cfg, user, log)
+	if kube == nil {
+		if _, err := store.write(); err != nil {
+			return lifecycle.ExitCouldNotStart, err
+		}
+		warnAutoConf(log, o.DataDir, cfg.Managed)
 	}
-	warnAutoConf(log, o.DataDir, cfg.Managed)
 
 	// Postgres writes its log into a pipe; CopyPostgres re-emits it as JSON.
 	logR, logW, err := os.Pipe()
@@ -202,6 +239,7 @@ func run(ctx context.Context, hup <-chan struct{}, o Options, base, log *slog.Lo
 		Output:     logW,
 		StartDelay: o.StartDelay,
 		StopDelay:  o.StopDelay,
+		StartHeld:  kube != nil, // the role controller prepares PGDATA, then starts postgres
 		Answers: func(ctx context.Context) bool {
 			return probes.Ping(ctx, "unix", socket).Answered()
 		},
@@ -223,28 +261,50 @@ func run(ctx context.Context, hup <-chan struct{}, o Options, base, log *slog.Lo
 		Metrics: lifecycle.NewMetrics(reg),
 	})
 
+	var ctrl *controller
+	if kube != nil {
+		ctrl = newController(controllerConfig{
+			o: o, bin: bin, user: user, store: store, sup: sup, prober: prober, kube: kube,
+			connConfig: connConfig, log: log,
+		})
+	}
+
 	// Between a postmaster's death and the next check, the prober's cached
 	// state would still say ready: the supervisor knows better.
 	prober.SetReadinessGate(func() error {
 		if sup.PID() == 0 {
 			return errors.New("postgres is not running")
 		}
+		if ctrl != nil {
+			return ctrl.readiness()
+		}
 		return nil
 	})
 
-	// The long-lived parts. Workers stop first, the HTTP servers last.
+	// The long-lived parts. Workers stop first, the HTTP servers last. The
+	// role controller takes its decisions with ctx (it stops deciding when
+	// shutdown begins) but holds the primary Lease with bg, until postgres
+	// is down: a primary must keep renewing, or fence, while it shuts down.
 	bg, stopBg := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); _ = prober.Start(bg) }()
 	go func() {
 		defer wg.Done()
-		watchParameters(bg, hup, log, o, cfg, user, sup)
+		watchParameters(bg, hup, log, o, store, sup)
 	}()
+	// decide ends with ctx, or when the supervisor gave up by itself.
+	decide, stopDeciding := context.WithCancel(ctx)
+	defer stopDeciding()
+	if ctrl != nil {
+		wg.Add(2)
+		go func() { defer wg.Done(); _ = kube.watcher.Start(bg) }()
+		go func() { defer wg.Done(); ctrl.run(decide, bg) }()
+	}
 
 	mux := http.NewServeMux()
 	mux.Handle("/", prober.Handler())
-	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) { serveStatus(w, prober, sup) })
+	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) { serveStatus(w, prober, sup, ctrl) })
 	statusSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	metricsMux := http.NewServeMux()
 	metricsMux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
@@ -253,6 +313,10 @@ func run(ctx context.Context, hup <-chan struct{}, o Options, base, log *slog.Lo
 	go func() { _ = metricsSrv.Serve(metricsLn) }()
 
 	code, err := sup.Run(ctx)
+	stopDeciding()
+	if ctrl != nil {
+		ctrl.afterStop()
+	}
 
 	stopBg()
 	wg.Wait()
@@ -345,7 +409,7 @@ func checkpointIfPrimary(ctx context.Context, connConfig func(context.Context) (
 // watchParameters re-reads the user's parameters file every few seconds and
 // on SIGHUP; when its content changes, it rewrites the configuration and
 // reloads postgres. A bad file is reported and changes nothing.
-func watchParameters(ctx context.Context, hup <-chan struct{}, log *slog.Logger, o Options, cfg postgres.Config, user *postgres.User, sup *lifecycle.Supervisor) {
+func watchParameters(ctx context.Context, hup <-chan struct{}, log *slog.Logger, o Options, store *confStore, sup *lifecycle.Supervisor) {
 	if o.ParametersFile == "" {
 		return
 	}
@@ -368,14 +432,11 @@ func watchParameters(ctx context.Context, hup <-chan struct{}, log *slog.Logger,
 			continue
 		}
 		lastErr = ""
-		next := cfg
-		next.Parameters = params
-		changed, err := postgres.WriteConfig(o.DataDir, next, user)
+		changed, err := store.setParameters(params)
 		if err != nil {
 			log.Error("cannot write the configuration; keeping the current one", "error", err.Error())
 			continue
 		}
-		cfg = next
 		if !changed {
 			continue
 		}

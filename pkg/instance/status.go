@@ -32,6 +32,13 @@ type Status struct {
 	PendingRestart bool   `json:"pendingRestart"`
 	// Mode is "standalone" (no Kubernetes) or "kubernetes".
 	Mode string `json:"mode"`
+	// Phase is the role controller's state (Kubernetes mode): starting,
+	// replica, promoting, primary, demoting, fenced, rejoining.
+	Phase string `json:"phase,omitempty"`
+	// DesiredRole is the Pod's last valid pgwarden.io/role (Kubernetes mode).
+	DesiredRole string `json:"desiredRole,omitempty"`
+	// Upstream is the address a replica streams from (Kubernetes mode).
+	Upstream string `json:"upstream,omitempty"`
 	// MeasuredAt is when the server state above was read.
 	MeasuredAt *time.Time `json:"measuredAt,omitempty"`
 }
@@ -70,8 +77,12 @@ func statusOf(s probes.Snapshot, pid int) Status {
 	return st
 }
 
-func serveStatus(w http.ResponseWriter, p *probes.Prober, sup *lifecycle.Supervisor) {
+func serveStatus(w http.ResponseWriter, p *probes.Prober, sup *lifecycle.Supervisor, ctrl *controller) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
-	_ = json.NewEncoder(w).Encode(statusOf(p.Snapshot(), sup.PID()))
+	st := statusOf(p.Snapshot(), sup.PID())
+	if ctrl != nil {
+		ctrl.fillStatus(&st)
+	}
+	_ = json.NewEncoder(w).Encode(st)
 }

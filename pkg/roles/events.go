@@ -22,6 +22,13 @@ const (
 	ReasonFenced        = "Fenced"
 	ReasonLeaseAcquired = "LeaseAcquired"
 	ReasonLeaseReleased = "LeaseReleased"
+	// Written by the instance manager's role controller.
+	ReasonInitialized  = "Initialized"  // an empty data directory was initialised (initdb) as the first primary
+	ReasonCloned       = "Cloned"       // an empty data directory was cloned from the primary
+	ReasonRewound      = "Rewound"      // a former primary was rewound (pg_rewind) to follow the new one
+	ReasonRewindFailed = "RewindFailed" // pg_rewind failed; a fresh clone follows
+	ReasonRecloned     = "Recloned"     // the data directory was replaced by a fresh clone
+	ReasonFollowing    = "Following"    // the replica streams from a (new) primary
 )
 
 // EventComponent is the source component and reporting controller of the Events.

@@ -1,0 +1,1098 @@
+package instance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+
+	"github.com/pgwarden/pgwarden/lifecycle"
+	"github.com/pgwarden/pgwarden/pkg/postgres"
+	"github.com/pgwarden/pgwarden/pkg/roles"
+	"github.com/pgwarden/pgwarden/probes"
+)
+
+// phase is where the role controller stands. Only the controller's loop
+// goroutine changes it, except for the Lease's fencing callback, which may
+// set phaseFenced at any time; every step re-checks it after each blocking
+// operation.
+type phase int32
+
+const (
+	// phaseStarting: the Pod has not been seen yet; postgres is not running.
+	phaseStarting phase = iota
+	// phaseRejoining: postgres is stopped (bootstrap, after a demotion); the
+	// controller waits for what it needs (a Lease holder to clone from or
+	// follow) and then starts postgres as a replica (or, when it may, as
+	// the primary).
+	phaseRejoining
+	// phaseReplica: postgres runs as a standby, streaming from the Lease
+	// holder (upstream), or from nobody when there is no holder.
+	phaseReplica
+	// phasePromoting: desired primary; acquiring the Lease, waiting for the
+	// old primary's final LSN and for replay, promoting.
+	phasePromoting
+	// phasePrimary: postgres runs as the primary and this instance holds
+	// (and renews) the Lease.
+	phasePrimary
+	// phaseDemoting: desired replica; unlabelled, shutting down, releasing.
+	phaseDemoting
+	// phaseFenced: the Lease was lost while it was held: postgres got an
+	// immediate shutdown at once. The controller rejoins from here like
+	// from phaseRejoining.
+	phaseFenced
+)
+
+func (p phase) String() string {
+	return [...]string{"starting", "rejoining", "replica", "promoting", "primary", "demoting", "fenced"}[p]
+}
+
+// Timing of the role controller.
+const (
+	// fastPoll is how often the Lease is read (or tried) while a transition
+	// waits on another instance: the successor of a demoting primary, and
+	// the demoted primary looking for its successor. A GET every 50 ms for
+	// a few seconds is nothing for the API server, and it is most of what
+	// keeps a switchover under a second.
+	fastPoll = 50 * time.Millisecond
+	// fastPollFor bounds fast polling after a transition began; then the
+	// Lease is read every retry period.
+	fastPollFor = 20 * time.Second
+	// apiTimeout bounds one API call of the controller (labels, reads).
+	apiTimeout = 5 * time.Second
+	// promoteWait is how long pg_promote may take; it takes milliseconds
+	// unless the machine is in trouble.
+	promoteWait = 60 * time.Second
+	// catchUpPoll is how often the promotion target looks at its receive
+	// LSN while it waits for the old primary's final LSN.
+	catchUpPoll = 20 * time.Millisecond
+	// releaseTimeout bounds releasing the Lease after a demotion or at exit.
+	releaseTimeout = 5 * time.Second
+)
+
+type controllerConfig struct {
+	o          Options
+	bin        postgres.Bin
+	user       *postgres.User
+	store      *confStore
+	sup        *lifecycle.Supervisor
+	prober     *probes.Prober
+	kube       *kubeSetup
+	connConfig func(context.Context) (*pgx.ConnConfig, error)
+	log        *slog.Logger
+}
+
+// controller carries out the desired role of the instance's Pod. It is one
+// loop goroutine (run) that owns every decision; it talks to postgres only
+// through the supervisor's commands and SQL, and to Kubernetes through the
+// roles package.
+type controller struct {
+	controllerConfig
+	passfile string
+	me       string
+
+	lease  atomic.Pointer[roles.PrimaryLease] // set once the Pod's IP is known
+	wake   chan struct{}                      // the fencing callback wakes the loop
+	fenced atomic.Pointer[roles.LostError]    // the last loss, for the log
+
+	mu       sync.Mutex
+	ph       phase
+	since    time.Time // when ph was entered
+	upstream string
+
+	// Owned by the loop goroutine.
+	label        roles.Role
+	labelKnown   bool
+	needReplRole bool // the replication role is still to be ensured on this primary
+	holdCancel   context.CancelFunc
+	holdDone     chan struct{}
+}
+
+func newController(cfg controllerConfig) *controller {
+	return &controller{
+		controllerConfig: cfg,
+		me:               cfg.o.PodName,
+		// Outside PGDATA: pg_basebackup and pg_rewind copy PGDATA to others.
+		passfile: filepath.Join(cfg.o.SocketDir, "pgwarden", "replication.pgpass"),
+		wake:     make(chan struct{}, 1),
+		since:    time.Now(),
+	}
+}
+
+func (c *controller) phase() phase {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ph
+}
+
+// setPhase moves to next unless the controller was fenced meanwhile (only
+// the rejoin leaves phaseFenced, with leaveFenced).
+func (c *controller) setPhase(next phase) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ph == phaseFenced {
+		return false
+	}
+	c.moveLocked(next)
+	return true
+}
+
+func (c *controller) leaveFenced(next phase) {
+	c.mu.Lock()
+	was := c.ph
+	c.moveLocked(next)
+	c.mu.Unlock()
+	if lost := c.fenced.Swap(nil); was == phaseFenced && lost != nil && lost.Reason == roles.LostRenewDeadline {
+		// The Lease's own Fenced Event was written while the API server was
+		// unreachable and is most likely lost: record the fence now.
+		c.event(corev1.EventTypeWarning, roles.ReasonFenced,
+			"Was fenced while the API server was unreachable (%v); now %s", lost, next)
+	}
+}
+
+func (c *controller) moveLocked(next phase) {
+	if c.ph != next {
+		c.log.Info("role controller phase", "from", c.ph.String(), "to", next.String())
+		c.ph, c.since = next, time.Now()
+	}
+}
+
+func (c *controller) setUpstream(addr string) {
+	c.mu.Lock()
+	c.upstream = addr
+	c.mu.Unlock()
+}
+
+func (c *controller) desired() roles.Desired {
+	d, _ := c.kube.watcher.Current()
+	return d
+}
+
+// readiness is the prober's gate: a primary is ready only while it holds the
+// Lease; a replica (or a replica being promoted) is ready when it answers
+// queries (hot standby: consistent), streaming or not; nothing else is.
+func (c *controller) readiness() error {
+	switch ph := c.phase(); ph {
+	case phasePrimary:
+		if l := c.lease.Load(); l == nil || !l.IsHeld() {
+			return errors.New("primary without the primary lease")
+		}
+		return nil
+	case phaseReplica, phasePromoting:
+		return nil
+	default:
+		return fmt.Errorf("instance is %s", ph)
+	}
+}
+
+func (c *controller) fillStatus(st *Status) {
+	st.Mode = "kubernetes"
+	c.mu.Lock()
+	st.Phase, st.Upstream = c.ph.String(), c.upstream
+	c.mu.Unlock()
+	if d, ok := c.kube.watcher.Current(); ok {
+		st.DesiredRole = string(d.Role)
+	}
+	if l := c.lease.Load(); l != nil {
+		if ls, ok := l.Cached(); ok {
+			st.LeaseHolder = ls.Holder
+		}
+	}
+}
+
+func (c *controller) event(eventType, reason, format string, args ...any) {
+	go c.kube.recorder.Eventf(context.Background(), eventType, reason, format, args...)
+}
+
+// run is the loop. It takes decisions until ctx ends (shutdown began); hold
+// is the context of the Lease's renewals, which must outlive ctx.
+func (c *controller) run(ctx, hold context.Context) {
+	if err := postgres.WritePassfile(c.passfile, "", 0, postgres.ReplicationRole, c.kube.replPassword, c.user); err != nil {
+		c.log.Error("cannot write the replication passfile; retrying", "error", err.Error())
+	}
+	if !c.awaitPod(ctx) {
+		return
+	}
+	c.setPhase(phaseRejoining)
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			c.onShutdown()
+			return
+		case <-timer.C:
+		case <-c.kube.watcher.Updates():
+		case <-c.wake:
+		}
+		next := c.step(ctx, hold)
+		c.syncLabel(ctx)
+		timer.Stop()
+		select { // drain: Reset needs a stopped, drained timer
+		case <-timer.C:
+		default:
+		}
+		timer.Reset(next)
+	}
+}
+
+// awaitPod waits until the own Pod has been seen with an IP (or --pod-ip is
+// given), then creates the Lease client with that IP.
+func (c *controller) awaitPod(ctx context.Context) bool {
+	for {
+		d, seen := c.kube.watcher.Current()
+		ip := d.PodIP
+		if ip == "" {
+			ip = c.o.PodIP
+		}
+		if seen && ip != "" {
+			l, err := roles.NewPrimaryLease(roles.LeaseConfig{
+				Client: c.kube.client, Namespace: c.o.Namespace, Cluster: c.o.Cluster, Identity: c.me, PodIP: ip,
+				LeaseDuration: c.o.LeaseDuration, RenewDeadline: c.o.LeaseRenewDeadline, RetryPeriod: c.o.LeaseRetryPeriod,
+				Recorder: c.kube.recorder, Logger: c.log,
+			})
+			if err != nil {
+				c.log.Error("cannot set up the primary lease", "error", err.Error())
+				return false
+			}
+			c.lease.Store(l)
+			c.log.Info("own pod seen", "podIP", ip, "desiredRole", d.Role.String())
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-c.kube.watcher.Updates():
+		}
+	}
+}
+
+// step does what the current phase and the desired role call for, and says
+// when to look again.
+func (c *controller) step(ctx context.Context, hold context.Context) time.Duration {
+	retry := c.o.LeaseRetryPeriod
+	fast := func() time.Duration {
+		c.mu.Lock()
+		since := c.since
+		c.mu.Unlock()
+		if time.Since(since) < fastPollFor {
+			return fastPoll
+		}
+		return retry
+	}
+	want := c.desired().Role
+	switch c.phase() {
+	case phaseRejoining, phaseFenced:
+		done, err := c.rejoin(ctx, hold)
+		if err != nil {
+			if ctx.Err() == nil {
+				c.log.Warn("cannot start as a replica yet; retrying", "error", err.Error(), "retryIn", retry.String())
+			}
+			return retry
+		}
+		if !done {
+			return fast()
+		}
+		return 0 // look again at once: perhaps promote
+	case phaseReplica:
+		if want == roles.RolePrimary {
+			if err := c.promote(ctx, hold); err != nil && ctx.Err() == nil {
+				c.log.Error("promotion failed; retrying", "error", err.Error())
+				c.setPhase(phaseReplica)
+			}
+			return 0
+		}
+		if l := c.lease.Load(); l.IsHeld() {
+			// Holding the Lease as a replica (a promotion that failed, then the
+			// desired role changed): hand it on, with the final LSN it came with.
+			c.stopHold()
+			rctx, cancel := context.WithTimeout(ctx, releaseTimeout)
+			err := l.Release(rctx, l.Handoff())
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				c.log.Warn("cannot release the primary lease held as a replica", "error", err.Error())
+			}
+		}
+		if err := c.follow(ctx); err != nil && ctx.Err() == nil {
+			c.log.Warn("cannot follow the primary", "error", err.Error())
+		}
+		return retry
+	case phasePrimary:
+		c.ensureReplRole(ctx)
+		if want == roles.RoleReplica {
+			if err := c.demote(ctx); err != nil && ctx.Err() == nil {
+				c.log.Error("demotion went wrong", "error", err.Error())
+			}
+			return 0
+		}
+		return retry
+	}
+	return retry
+}
+
+// syncLabel makes the observed-role label match the phase: primary,
+// replica, or none while in between.
+func (c *controller) syncLabel(ctx context.Context) {
+	var want roles.Role
+	switch c.phase() {
+	case phasePrimary:
+		want = roles.RolePrimary
+	case phaseReplica, phasePromoting:
+		if c.sup.PID() != 0 {
+			want = roles.RoleReplica
+		}
+	}
+	if c.labelKnown && want == c.label {
+		return
+	}
+	c.setLabel(ctx, want)
+}
+
+func (c *controller) setLabel(ctx context.Context, r roles.Role) {
+	lctx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
+	if err := c.kube.watcher.SetObservedRole(lctx, r); err != nil {
+		c.labelKnown = false
+		c.log.Warn("cannot set the observed role label; retrying", "error", err.Error())
+		return
+	}
+	c.label, c.labelKnown = r, true
+}
+
+// onShutdown: the pod is shutting down. A primary unlabels itself first so
+// Services stop sending it clients; the Lease is released after postgres
+// stopped (afterStop).
+func (c *controller) onShutdown() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	c.setLabel(ctx, roles.RoleNone)
+}
+
+// afterStop runs once the supervisor returned (postgres is gone): a holder
+// releases the Lease, with its final LSN when it shut down cleanly, so a
+// successor need not wait for the Lease to expire.
+func (c *controller) afterStop() {
+	l := c.lease.Load()
+	if l == nil || !l.IsHeld() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+	defer cancel()
+	final := c.finalLSN(ctx)
+	if err := l.Release(ctx, final); err != nil {
+		c.log.Warn("cannot release the primary lease at exit; it expires by itself", "error", err.Error())
+	}
+}
+
+// finalLSN reads where a cleanly stopped primary's WAL ends; nil if it did
+// not stop cleanly as a primary.
+func (c *controller) finalLSN(ctx context.Context) *roles.FinalLSN {
+	cd, err := postgres.ReadControlData(ctx, c.bin, c.o.DataDir, c.user)
+	if err != nil {
+		c.log.Warn("cannot read the control data for the final LSN", "error", err.Error())
+		return nil
+	}
+	if cd.State != postgres.StateShutDown {
+		c.log.Warn("postgres did not shut down cleanly: no final LSN for the successor", "state", string(cd.State))
+		return nil
+	}
+	return &roles.FinalLSN{Pod: c.me, LSN: cd.FinalLSN.String(), Timeline: cd.TimeLineID}
+}
+
+// --- the Lease ---
+
+// startHold renews the Lease in the background; losing it fences postgres.
+func (c *controller) startHold(hold context.Context) {
+	if c.holdCancel != nil {
+		return
+	}
+	l := c.lease.Load()
+	ctx, cancel := context.WithCancel(hold)
+	done := make(chan struct{})
+	c.holdCancel, c.holdDone = cancel, done
+	go func() {
+		defer close(done)
+		err := l.Hold(ctx, c.onLost)
+		if err != nil && !errors.Is(err, roles.ErrReleased) {
+			c.log.Info("stopped holding the primary lease", "reason", err.Error())
+		}
+	}()
+}
+
+// stopHold stops renewing (without fencing) and waits until Hold returned.
+func (c *controller) stopHold() {
+	if c.holdCancel == nil {
+		return
+	}
+	c.holdCancel()
+	<-c.holdDone
+	c.holdCancel, c.holdDone = nil, nil
+}
+
+// holdEnded cleans up after a Hold that returned by itself (lost, released).
+func (c *controller) holdEnded() {
+	if c.holdDone == nil {
+		return
+	}
+	select {
+	case <-c.holdDone:
+		c.holdCancel()
+		c.holdCancel, c.holdDone = nil, nil
+	default:
+	}
+}
+
+// onLost is the fencing callback, called from Hold's goroutine the moment
+// the Lease is lost: the phase is marked first, then postgres gets SIGQUIT,
+// so a start that the loop makes concurrently is fenced too (see
+// startPrimary).
+func (c *controller) onLost(lost *roles.LostError) {
+	c.mu.Lock()
+	c.moveLocked(phaseFenced)
+	c.mu.Unlock()
+	c.sup.Fence()
+	c.fenced.Store(lost)
+	c.log.Error("fenced: primary lease lost, postgres stopped with an immediate shutdown",
+		"reason", string(lost.Reason), "holder", lost.Holder,
+		"sinceLastRenewMs", lost.FencedAt.Sub(lost.LastRenew).Milliseconds(),
+		"fenceMarginMs", time.Until(lost.ExpiresForOthers).Milliseconds())
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// holderAddr returns the address to stream from: the holder's IP from the
+// Lease, else its Pod's status.podIP.
+func (c *controller) holderAddr(ctx context.Context, st roles.LeaseState) (string, error) {
+	if st.HolderIP != "" {
+		return st.HolderIP, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
+	list, err := c.kube.client.CoreV1().Pods(c.o.Namespace).List(ctx, metav1.ListOptions{
+		FieldSelector: fields.OneTermEqualSelector("metadata.name", st.Holder).String(),
+	})
+	if err != nil {
+		return "", fmt.Errorf("cannot read the address of primary %s: %w", st.Holder, err)
+	}
+	if len(list.Items) == 0 || list.Items[0].Status.PodIP == "" {
+		return "", fmt.Errorf("primary %s has no pod IP yet", st.Holder)
+	}
+	return list.Items[0].Status.PodIP, nil
+}
+
+func (c *controller) readLease(ctx context.Context) (roles.LeaseState, error) {
+	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
+	return c.lease.Load().Holder(ctx)
+}
+
+// otherHolder: someone else holds the Lease and has not let it expire.
+func (c *controller) otherHolder(st roles.LeaseState) bool {
+	return st.Holder != "" && st.Holder != c.me && !st.Expired
+}
+
+// --- postgres ---
+
+func (c *controller) connect(ctx context.Context) (*pgx.Conn, error) {
+	cc, err := c.connConfig(ctx)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return nil, fmt.Errorf("cannot connect to postgres: %w", err)
+	}
+	return conn, nil
+}
+
+// prepareStandby writes the configuration of a standby streaming from host
+// (none when host is "") and standby.signal.
+func (c *controller) prepareStandby(host string) error {
+	managed := map[string]string{"recovery_target_timeline": "latest"}
+	if host != "" {
+		s, err := postgres.StandbyConfig{
+			PrimaryHost: host, PrimaryPort: c.o.Port, User: postgres.ReplicationRole,
+			Passfile: c.passfile, ApplicationName: c.me,
+		}.Settings()
+		if err != nil {
+			return err
+		}
+		managed = s
+	}
+	maps.Copy(managed, roleSettings)
+	if _, err := c.store.setManaged(managed); err != nil {
+		return err
+	}
+	return postgres.WriteStandbySignal(c.o.DataDir, c.user)
+}
+
+// preparePrimary writes the configuration of a primary.
+func (c *controller) preparePrimary() error {
+	if _, err := c.store.setManaged(roleSettings); err != nil {
+		return err
+	}
+	return postgres.RemoveStandbySignal(c.o.DataDir)
+}
+
+// startPrimary starts postgres as the primary; the Lease must be held (and
+// Hold running). A fence that raced with the start stops it again.
+func (c *controller) startPrimary(ctx context.Context) error {
+	if err := c.preparePrimary(); err != nil {
+		return err
+	}
+	if c.phase() == phaseFenced {
+		return errors.New("fenced before postgres could start as primary")
+	}
+	err := c.sup.Start(ctx)
+	if c.phase() == phaseFenced {
+		c.sup.Fence()
+		return errors.New("fenced while postgres started as primary")
+	}
+	if err != nil {
+		c.holdStopped(ctx)
+		return err
+	}
+	// Replicas need the role to clone and stream; a failure here is retried
+	// by the primary's steps, not a reason to stop a primary.
+	c.needReplRole = true
+	c.ensureReplRole(ctx)
+	return nil
+}
+
+// ensureReplRole creates or updates the replication role once the primary
+// accepts connections (it may still be in crash recovery when it answers).
+func (c *controller) ensureReplRole(ctx context.Context) {
+	if !c.needReplRole {
+		return
+	}
+	conn, err := c.connectWhenAccepting(ctx, c.o.StartDelay)
+	if err == nil {
+		err = postgres.EnsureReplicationRole(ctx, conn, postgres.ReplicationRole, c.kube.replPassword)
+		conn.Close(context.Background())
+	}
+	if err != nil {
+		c.log.Error("cannot create or update the replication role; retrying", "error", err.Error())
+		return
+	}
+	c.needReplRole = false
+}
+
+// connectWhenAccepting connects, retrying while postgres is still starting
+// up, within limit.
+func (c *controller) connectWhenAccepting(ctx context.Context, limit time.Duration) (*pgx.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	t := time.NewTicker(fastPoll)
+	defer t.Stop()
+	for {
+		conn, err := c.connect(ctx)
+		if err == nil {
+			return conn, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-t.C:
+		}
+	}
+}
+
+// holdStopped makes sure a postmaster whose start failed stays stopped (the
+// supervisor would retry it with backoff) so the next attempt begins afresh.
+func (c *controller) holdStopped(ctx context.Context) {
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := c.sup.Stop(sctx, lifecycle.StepFast, 10*time.Second); err != nil {
+		c.log.Warn("cannot stop postgres after a failed start", "error", err.Error())
+	}
+}
+
+// roleSettings are set on every instance in Kubernetes mode, primary or
+// replica. wal_keep_size keeps enough past WAL in pg_wal that a former
+// primary can be rewound after a fence (pg_rewind reads its WAL back to the
+// last common checkpoint, which crash recovery's own checkpoint would
+// otherwise recycle) and that a rewound or lagging replica finds the WAL it
+// needs on the new primary without a replication slot.
+var roleSettings = map[string]string{"wal_keep_size": "256MB"}
+
+// --- rejoin: the one way postgres starts in Kubernetes mode ---
+
+// rejoin starts postgres, which is stopped, in the role the data directory,
+// the Lease and the desired role allow (see the package documentation,
+// "Starting"). done is false when it must wait (for a Lease holder).
+func (c *controller) rejoin(ctx, hold context.Context) (done bool, err error) {
+	c.holdEnded()
+	if c.sup.PID() != 0 {
+		// Only after a fence that is not finished yet.
+		return false, nil
+	}
+	st, err := c.readLease(ctx)
+	if err != nil {
+		return false, err
+	}
+	state, err := postgres.InspectDataDir(c.o.DataDir, c.bin.Major)
+	if err != nil {
+		return false, err
+	}
+	want := c.desired().Role
+	l := c.lease.Load()
+
+	if c.otherHolder(st) {
+		addr, err := c.holderAddr(ctx, st)
+		if err != nil {
+			return false, err
+		}
+		if err := c.joinAsReplica(ctx, state, addr); errors.Is(err, errAwaitPromotion) {
+			return false, nil
+		} else if err != nil {
+			return false, err
+		}
+		return true, nil
+	}
+
+	// Nobody else holds the Lease.
+	hasSignal := false
+	if state == postgres.Existing {
+		if hasSignal, err = postgres.HasStandbySignal(c.o.DataDir); err != nil {
+			return false, err
+		}
+	}
+	switch {
+	case state == postgres.Empty:
+		// Only a new cluster is initialised: no Lease yet, or one that names
+		// this instance (it crashed during its own bootstrap).
+		if want != roles.RolePrimary || st.Exists && st.Holder != c.me {
+			return false, c.waiting("an empty data directory waits for a primary to clone from", st)
+		}
+		return c.initPrimary(ctx, hold)
+	case hasSignal:
+		// A standby's data: safe to run without upstream; promotion, if
+		// wanted, takes the Lease first.
+		if err := c.prepareStandby(""); err != nil {
+			return false, err
+		}
+		if err := c.sup.Start(ctx); err != nil {
+			c.holdStopped(ctx)
+			return false, err
+		}
+		c.setUpstream("")
+		c.leaveFenced(phaseReplica)
+		c.log.Info("running as a replica without upstream: nobody holds the primary lease")
+		return true, nil
+	default:
+		// A former primary's data. It may run as primary again only under a
+		// claim that no one else held since it wrote that data: the Lease
+		// still names it (a restart, or a fence while the API server was
+		// away), or it was the last to release the Lease cleanly.
+		mine := st.Holder == c.me || st.Holder == "" && st.FinalLSN != nil && st.FinalLSN.Pod == c.me
+		if !mine || want != roles.RolePrimary && !(st.Holder == c.me) {
+			return false, c.waiting("a former primary waits for a new primary to follow", st)
+		}
+		ok, err := l.TryAcquire(ctx)
+		if err != nil || !ok {
+			return false, err
+		}
+		c.leaveFenced(phaseRejoining)
+		c.startHold(hold)
+		if err := c.startPrimary(ctx); err != nil {
+			return false, err
+		}
+		if !c.setPhase(phasePrimary) {
+			return false, errors.New("fenced")
+		}
+		c.log.Info("running as the primary again on its own data", "leaseHolderWas", st.Holder)
+		return true, nil
+	}
+}
+
+// waiting logs, once per phase entry, why the controller waits.
+func (c *controller) waiting(why string, st roles.LeaseState) error {
+	c.log.Debug(why, "leaseHolder", st.Holder, "leaseExpired", st.Expired)
+	return nil
+}
+
+// initPrimary bootstraps a new cluster: take the Lease, initdb, start.
+func (c *controller) initPrimary(ctx, hold context.Context) (bool, error) {
+	l := c.lease.Load()
+	ok, err := l.TryAcquire(ctx)
+	if err != nil || !ok {
+		return false, err
+	}
+	c.leaveFenced(phaseRejoining)
+	c.startHold(hold)
+	began := time.Now()
+	c.log.Info("initialising an empty data directory with initdb as the first primary", "pgdata", c.o.DataDir)
+	if err := postgres.InitDB(ctx, c.bin, postgres.InitOptions{DataDir: c.o.DataDir, PasswordFile: c.o.PasswordFile, Superuser: superuser, RunAs: c.user}); err != nil {
+		return false, err
+	}
+	if err := c.startPrimary(ctx); err != nil {
+		return false, err
+	}
+	if !c.setPhase(phasePrimary) {
+		return false, errors.New("fenced")
+	}
+	c.log.Info("initialised and running as the first primary", "took", time.Since(began).Round(time.Millisecond).String())
+	c.event(corev1.EventTypeNormal, roles.ReasonInitialized, "Initialised a new cluster (initdb) and started as its primary")
+	return true, nil
+}
+
+// joinAsReplica makes the stopped data directory a standby of addr — clone
+// an empty one; follow as it is, rewind, or re-clone a former primary's —
+// and starts it.
+func (c *controller) joinAsReplica(ctx context.Context, state postgres.State, addr string) error {
+	if state == postgres.Empty {
+		if err := c.clone(ctx, addr); err != nil {
+			return err
+		}
+		c.event(corev1.EventTypeNormal, roles.ReasonCloned, "Cloned the data directory from the primary at %s", addr)
+	} else {
+		hasSignal, err := postgres.HasStandbySignal(c.o.DataDir)
+		if err != nil {
+			return err
+		}
+		if !hasSignal {
+			if err := c.catchUpFormerPrimary(ctx, addr); err != nil {
+				return err
+			}
+		}
+	}
+	if err := c.prepareStandby(addr); err != nil {
+		return err
+	}
+	if err := c.sup.Start(ctx); err != nil {
+		c.holdStopped(ctx)
+		return err
+	}
+	c.setUpstream(addr)
+	c.leaveFenced(phaseReplica)
+	c.log.Info("running as a replica", "upstream", addr)
+	c.event(corev1.EventTypeNormal, roles.ReasonFollowing, "Streaming from the primary at %s", addr)
+	return nil
+}
+
+// catchUpFormerPrimary decides whether a former primary's data can follow
+// addr as it is (a clean switchover: NeedsRewind false), must be rewound, or
+// must be replaced by a fresh clone (rewind failed, other system).
+func (c *controller) catchUpFormerPrimary(ctx context.Context, addr string) error {
+	cd, err := postgres.ReadControlData(ctx, c.bin, c.o.DataDir, c.user)
+	if err != nil {
+		return err
+	}
+	src, err := postgres.IdentifySource(ctx, addr, c.o.Port, postgres.ReplicationRole, c.passfile)
+	if err != nil {
+		return err
+	}
+	// pg_rewind needs a source that left recovery, on a later timeline than
+	// ours: a Lease holder that has not promoted yet is waited for.
+	promoted := src.TimeLineID > cd.TimeLineID
+	need := true
+	if cd.State == postgres.StateShutDown {
+		need, err = postgres.NeedsRewind(cd, src)
+		var mismatch *postgres.SystemMismatchError
+		if errors.As(err, &mismatch) {
+			c.log.Warn("the data directory belongs to another database system: re-cloning", "error", err.Error())
+			return c.reclone(ctx, addr, err)
+		}
+		if err != nil {
+			return err
+		}
+		c.log.Info("former primary checked against the new one", "needsRewind", need,
+			"finalLSN", cd.FinalLSN.String(), "timeline", cd.TimeLineID, "sourceTimeline", src.TimeLineID, "sourceFlush", src.FlushLSN.String())
+	}
+	if !need {
+		return nil
+	}
+	if !promoted {
+		return errAwaitPromotion
+	}
+	if cd.State != postgres.StateShutDown {
+		c.log.Info("former primary did not shut down cleanly: rewinding", "state", string(cd.State))
+	}
+	began := time.Now()
+	err = postgres.Rewind(ctx, c.bin, postgres.RewindOptions{
+		DataDir: c.o.DataDir, SourceHost: addr, SourcePort: c.o.Port,
+		User: postgres.ReplicationRole, Passfile: c.passfile, RunAs: c.user,
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		c.log.Error("pg_rewind failed: re-cloning", "error", err.Error())
+		c.event(corev1.EventTypeWarning, roles.ReasonRewindFailed, "pg_rewind from %s failed; re-cloning: %v", addr, err)
+		return c.reclone(ctx, addr, err)
+	}
+	c.log.Info("rewound the former primary", "source", addr, "took", time.Since(began).Round(time.Millisecond).String())
+	c.event(corev1.EventTypeNormal, roles.ReasonRewound, "Rewound the former primary (pg_rewind) to follow %s", addr)
+	return nil
+}
+
+// errAwaitPromotion: the former primary must be rewound, and the new Lease
+// holder has not promoted yet.
+var errAwaitPromotion = errors.New("waiting for the new primary to promote before rewinding")
+
+// reclone empties the data directory and clones it from addr.
+func (c *controller) reclone(ctx context.Context, addr string, why error) error {
+	if err := emptyDir(c.o.DataDir); err != nil {
+		return fmt.Errorf("cannot empty the data directory to re-clone: %w", err)
+	}
+	if err := c.clone(ctx, addr); err != nil {
+		return err
+	}
+	c.event(corev1.EventTypeWarning, roles.ReasonRecloned, "Replaced the data directory with a fresh clone of %s (%v)", addr, why)
+	return nil
+}
+
+func (c *controller) clone(ctx context.Context, addr string) error {
+	began := time.Now()
+	c.log.Info("cloning the data directory", "source", addr)
+	err := postgres.Clone(ctx, c.bin, postgres.CloneOptions{
+		DataDir: c.o.DataDir, Host: addr, Port: c.o.Port, User: postgres.ReplicationRole,
+		Passfile: c.passfile, RunAs: c.user, ApplicationName: c.me,
+	})
+	if err != nil {
+		return err
+	}
+	c.log.Info("cloned the data directory", "source", addr, "took", time.Since(began).Round(time.Millisecond).String())
+	return nil
+}
+
+// emptyDir removes everything inside dir, keeping dir (often a mount point).
+func emptyDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// --- replica ---
+
+// follow points a running replica at the current Lease holder when it
+// changed: primary_conninfo and a reload, no restart.
+func (c *controller) follow(ctx context.Context) error {
+	st, err := c.readLease(ctx)
+	if err != nil {
+		return err
+	}
+	if !c.otherHolder(st) {
+		return nil
+	}
+	addr, err := c.holderAddr(ctx, st)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	same := c.upstream == addr
+	c.mu.Unlock()
+	if same {
+		return nil
+	}
+	if err := c.prepareStandby(addr); err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
+	if err := c.sup.Reload(rctx); err != nil {
+		return err
+	}
+	c.setUpstream(addr)
+	c.log.Info("following a new primary", "upstream", addr, "holder", st.Holder)
+	c.event(corev1.EventTypeNormal, roles.ReasonFollowing, "Streaming from the new primary %s at %s", st.Holder, addr)
+	return nil
+}
+
+// --- promote ---
+
+// promote turns the running replica into the primary: the Lease first (it
+// waits while another live holder has it), then the old primary's final
+// LSN, replay, pg_promote, a checkpoint, the label.
+func (c *controller) promote(ctx, hold context.Context) error {
+	if !c.setPhase(phasePromoting) {
+		return nil
+	}
+	l := c.lease.Load()
+	began := time.Now()
+	for {
+		ok, err := l.TryAcquire(ctx)
+		if ok {
+			break
+		}
+		if err != nil && ctx.Err() == nil {
+			c.log.Warn("cannot acquire the primary lease yet", "error", err.Error())
+		}
+		if c.desired().Role != roles.RolePrimary {
+			c.setPhase(phaseReplica)
+			return nil
+		}
+		wait := c.o.LeaseRetryPeriod
+		if time.Since(began) < fastPollFor {
+			wait = fastPoll
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	c.startHold(hold)
+	acquired := time.Now()
+	handoff := l.Handoff()
+	conn, err := c.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	if handoff != nil && handoff.Pod != c.me {
+		if err := c.awaitFinalLSN(ctx, conn, handoff); err != nil {
+			return err
+		}
+	}
+	if err := postgres.WaitReplayCaughtUp(ctx, conn); err != nil {
+		return err
+	}
+	if c.phase() != phasePromoting {
+		return errors.New("fenced before promotion")
+	}
+	if err := postgres.Promote(ctx, conn, promoteWait); err != nil {
+		return err
+	}
+	if !c.setPhase(phasePrimary) {
+		return errors.New("fenced during promotion")
+	}
+	c.setUpstream("")
+	promoted := time.Now()
+	go c.prober.CheckNow(context.WithoutCancel(ctx))
+	c.log.Info("promoted", "leaseWaitMs", acquired.Sub(began).Milliseconds(),
+		"promoteMs", promoted.Sub(acquired).Milliseconds(), "handoff", handoff)
+	if err := postgres.Checkpoint(ctx, conn); err != nil {
+		c.log.Warn("checkpoint after promotion failed", "error", err.Error())
+	}
+	if err := postgres.EnsureReplicationRole(ctx, conn, postgres.ReplicationRole, c.kube.replPassword); err != nil {
+		c.log.Warn("cannot update the replication role", "error", err.Error())
+	}
+	if _, err := c.store.setManaged(roleSettings); err != nil {
+		c.log.Warn("cannot rewrite the configuration of a primary", "error", err.Error())
+	} else if err := postgres.Reload(ctx, conn); err != nil {
+		c.log.Warn("cannot reload after promotion", "error", err.Error())
+	}
+	c.setLabel(ctx, roles.RolePrimary)
+	c.event(corev1.EventTypeNormal, roles.ReasonPromoted, "Promoted to primary (lease wait %s, promotion %s)",
+		acquired.Sub(began).Round(time.Millisecond), promoted.Sub(acquired).Round(time.Millisecond))
+	return nil
+}
+
+// awaitFinalLSN waits until this standby has received the old primary's
+// last WAL: never promote before, or acknowledged writes are lost. If the
+// desired role changes meanwhile, the Lease is handed on with the same final
+// LSN for the next candidate.
+func (c *controller) awaitFinalLSN(ctx context.Context, conn *pgx.Conn, f *roles.FinalLSN) error {
+	want, err := postgres.ParseLSN(f.LSN)
+	if err != nil {
+		return err
+	}
+	t := time.NewTicker(catchUpPoll)
+	defer t.Stop()
+	logged := false
+	for {
+		st, err := postgres.ReplicationStatus(ctx, conn)
+		if err != nil {
+			return err
+		}
+		// The timeline a standby reports lags once its walreceiver is gone
+		// (it falls back to the last restartpoint's): one at or before the
+		// old primary's is taken as that history; a later one means this
+		// standby followed some other primary, and its LSNs say nothing.
+		have := max(st.ReceiveLSN, st.ReplayLSN)
+		if have >= want && st.TimeLineID <= f.Timeline {
+			c.log.Info("received the old primary's final LSN", "finalLSN", f.LSN, "timeline", f.Timeline, "received", have.String())
+			return nil
+		}
+		if !logged {
+			c.log.Info("waiting for the old primary's final LSN before promoting", "finalLSN", f.LSN, "received", have.String())
+			logged = true
+		}
+		if c.desired().Role != roles.RolePrimary || c.phase() != phasePromoting {
+			c.stopHold()
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+			defer cancel()
+			if err := c.lease.Load().Release(rctx, f); err != nil {
+				c.log.Warn("cannot hand the primary lease on", "error", err.Error())
+			}
+			return errors.New("no longer desired primary before the old primary's final LSN arrived")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// --- demote ---
+
+// demote turns the primary into a replica in place: unlabel, checkpoint,
+// fast shutdown within --switchover-delay, release the Lease with the final
+// LSN; rejoin follows (phaseRejoining).
+func (c *controller) demote(ctx context.Context) error {
+	if !c.setPhase(phaseDemoting) {
+		return nil
+	}
+	began := time.Now()
+	c.setLabel(ctx, roles.RoleNone)
+	go c.prober.CheckNow(context.WithoutCancel(ctx))
+	if conn, err := c.connect(ctx); err == nil {
+		cctx, cancel := context.WithTimeout(ctx, min(c.o.SwitchoverDelay, 30*time.Second))
+		if err := postgres.Checkpoint(cctx, conn); err != nil {
+			c.log.Warn("checkpoint before demotion failed", "error", err.Error())
+		}
+		cancel()
+		conn.Close(context.Background())
+	}
+	step, err := c.sup.Stop(ctx, lifecycle.StepFast, c.o.SwitchoverDelay)
+	if err != nil {
+		return err
+	}
+	stopped := time.Now()
+	// Postgres is down: nothing accepts writes, so renewing may stop.
+	c.stopHold()
+	if c.phase() == phaseFenced {
+		return errors.New("fenced during demotion")
+	}
+	var final *roles.FinalLSN
+	if step != lifecycle.StepImmediate && step != lifecycle.StepKill {
+		final = c.finalLSN(ctx)
+	}
+	rctx, cancel := context.WithTimeout(ctx, releaseTimeout)
+	err = c.lease.Load().Release(rctx, final)
+	cancel()
+	if err != nil {
+		c.log.Warn("cannot release the primary lease; the successor waits for it to expire", "error", err.Error())
+	}
+	c.setUpstream("")
+	c.setPhase(phaseRejoining)
+	c.log.Info("demoted", "shutdown", step.String(), "stopMs", stopped.Sub(began).Milliseconds(),
+		"releasedMs", time.Since(began).Milliseconds(), "finalLSN", final)
+	c.event(corev1.EventTypeNormal, roles.ReasonDemoted, "Demoted: %s shutdown in %s, lease released with final LSN %v",
+		step, stopped.Sub(began).Round(time.Millisecond), final)
+	return nil
+}
