@@ -24,6 +24,23 @@ clean: ## remove build output
 
 include e2e/testbed/testbed.mk
 
+CONTROLLER_GEN ?= $(GO) run sigs.k8s.io/controller-tools/cmd/controller-gen@v0.21.0
+
+.PHONY: manifests
+manifests: ## regenerate deepcopy, the CRD and the operator's RBAC from the Go types; copy them into the Helm chart
+	$(CONTROLLER_GEN) object paths=./api/... crd:crdVersions=v1,maxDescLen=400 output:crd:artifacts:config=deploy/crd
+	$(CONTROLLER_GEN) rbac:roleName=pgwarden-operator paths=./pkg/operator/... output:rbac:artifacts:config=deploy/rbac
+	cp deploy/crd/pgwarden.io_postgresclusters.yaml deploy/helm/pgwarden-operator/crds/
+	cp deploy/rbac/role.yaml deploy/helm/pgwarden-operator/files/role.yaml
+
+.PHONY: bench bench-switchover
+bench: build ## HA benchmark, Patroni vs pgwarden on this machine, medians of 3 runs (writes .bench/ha/)
+	$(GO) run ./e2e/bench/ha -runs 3 -systems patroni,pgwarden -o .bench/ha
+
+bench-switchover: build ## switchover by annotation on the api test bed, medians (writes .bench/switchover.md)
+	mkdir -p .bench
+	$(GO) run ./e2e/bench/switchover -bin bin/pgwarden -o .bench/switchover.md
+
 .PHONY: bench-instance
 bench-instance: build ## measure the instance manager: RSS, probe latency, startup (writes .bench/instance.md)
 	mkdir -p .bench

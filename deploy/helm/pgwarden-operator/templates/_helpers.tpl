@@ -1,0 +1,3 @@
+{{- define "pgwarden.labels" -}}
+app.kubernetes.io/name: pgwarden-operator
+{{- end -}}
