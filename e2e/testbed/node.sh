@@ -20,6 +20,10 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 TB=${TESTBED_DIR:-$ROOT/.testbed}
+# The node level owns host-wide things (fixed ports, the bridge, iptables chains, the kubelet's
+# cgroups and directories), so one test bed at a time per host. OWNER names the state directory of
+# the one that holds them; a down from any other checkout must leave them alone.
+OWNER=${TESTBED_OWNER_FILE:-/run/pgwarden-testbed.owner}
 NODE_NAME=pgwarden-testbed
 BRIDGE=pgwtb0
 BRIDGE_IP=10.244.0.1
@@ -186,6 +190,14 @@ check_addresses() {
       die "$r overlaps a route of this machine: $(ip -4 route show to match "${r%/*}" | grep -v '^default')"
     fi
   done
+}
+
+# check_owner: another test bed (another checkout's state directory) holds the host.
+check_owner() {
+  local o
+  o=$(cat "$OWNER" 2>/dev/null || true)
+  [ -z "$o" ] || [ "$o" = "$TB" ] || [ ! -d "$o" ] ||
+    die "the test bed of $o holds this host; stop it with its own 'make testbed-down' first"
 }
 
 # check_ports: on a fresh up, the fixed ports must be free (another cluster or test bed?).
@@ -638,9 +650,12 @@ up() {
   "$HERE/build.sh" node || die "cannot build the test bed's binaries"
   load_bins
   ensure_debs
+  # Preflight before any state exists: a failed check must leave nothing that down would act on.
+  check_owner
   check_addresses
-  mkdir -p "$TB/logs" "$TB/pids"
   check_ports
+  mkdir -p "$TB/logs" "$TB/pids"
+  echo "$TB" > "$OWNER"
   save_host_state
   trap on_up_error EXIT
   setup_network
@@ -769,6 +784,15 @@ remove_cgroups() {
 down() {
   [ "$(id -u)" = 0 ] || die "the node level needs root"
   [ -d "$TB" ] || { log "not up"; return 0; }
+  local o
+  o=$(cat "$OWNER" 2>/dev/null || true)
+  if [ -n "$o" ] && [ "$o" != "$TB" ] && [ -d "$o" ]; then
+    # Our up failed before it started anything, or never got the host: the host-wide state
+    # belongs to the test bed of $o. Remove only our own directory.
+    log "the host belongs to the test bed of $o; removing only $TB"
+    rm -rf "$TB"
+    return 0
+  fi
   local t0=$SECONDS
   [ ${#BIN[@]} -gt 0 ] || load_bins
   rm -f "$TB/up.done"
@@ -801,6 +825,7 @@ down() {
     return 1
   fi
   rm -rf "$TB"
+  [ "$(cat "$OWNER" 2>/dev/null || true)" != "$TB" ] || rm -f "$OWNER"
   log "down in $((SECONDS - t0))s"
 }
 
