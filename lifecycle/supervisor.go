@@ -227,13 +227,19 @@ func (s *Supervisor) Stop(ctx context.Context, first Step, budget time.Duration)
 // restarts it with backoff as after any failed start.
 func (s *Supervisor) Start(ctx context.Context) error {
 	c := startCmd{done: make(chan error, 1)}
+	return s.request(ctx, c, c.done)
+}
+
+// request hands c to the supervising goroutine and waits for its answer on
+// done; both steps end early when ctx does.
+func (s *Supervisor) request(ctx context.Context, c command, done <-chan error) error {
 	select {
 	case s.cmds <- c:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 	select {
-	case err := <-c.done:
+	case err := <-done:
 		return err
 	case <-ctx.Done():
 		return ctx.Err()
@@ -265,17 +271,7 @@ const fenceBudget = 3 * time.Second
 // Reload asks the postmaster to re-read its configuration (SIGHUP).
 func (s *Supervisor) Reload(ctx context.Context) error {
 	c := reloadCmd{done: make(chan error, 1)}
-	select {
-	case s.cmds <- c:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	select {
-	case err := <-c.done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return s.request(ctx, c, c.done)
 }
 
 // PID returns the postmaster's PID, or 0 when it is not running.
