@@ -8,8 +8,9 @@ LDFLAGS := -s -w -X github.com/pgwarden/pgwarden/pkg/version.Version=$(VERSION)
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
-build: ## build bin/pgwarden
+build: ## build bin/pgwarden and the kubectl plugin bin/kubectl-pgwarden
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/pgwarden ./cmd/pgwarden
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/kubectl-pgwarden ./cmd/kubectl-pgwarden
 
 test: deps testbed-build ## run every test: unit, integration (real PostgreSQL, real kube-apiserver) and the node test bed's self-test
 	$(GO) vet ./...
