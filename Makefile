@@ -4,7 +4,7 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/pgwarden/pgwarden/pkg/version.Version=$(VERSION)
 
-.PHONY: help build test unit deps clean
+.PHONY: help build build-instance test unit deps clean
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
@@ -16,6 +16,9 @@ test: deps testbed-build ## run every test: unit, integration (real PostgreSQL, 
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 40m ./...
 	$(MAKE) testbed-selftest
+
+build-instance: ## build bin/pgwarden-instance: the instance image's binary, without the operator (-tags noperator)
+	CGO_ENABLED=0 $(GO) build -trimpath -tags noperator -ldflags '$(LDFLAGS)' -o bin/pgwarden-instance ./cmd/pgwarden
 
 deps: ## install what the tests need on a fresh Debian machine
 	./e2e/deps.sh

@@ -15,7 +15,6 @@ import (
 
 	"github.com/pgwarden/pgwarden/lifecycle"
 	"github.com/pgwarden/pgwarden/pkg/instance"
-	"github.com/pgwarden/pgwarden/pkg/operator"
 	"github.com/pgwarden/pgwarden/pkg/version"
 )
 
@@ -52,7 +51,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.SetErr(stderr)
 	inst := &cobra.Command{Use: "instance", Short: "The instance manager: PID 1 of a Postgres container"}
 	inst.AddCommand(newInstanceRun(), newInstanceStatus())
-	root.AddCommand(inst, operator.NewCommand(), &cobra.Command{
+	root.AddCommand(inst, newOperatorCommand(), &cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
 		Args:  cobra.NoArgs,

@@ -481,7 +481,7 @@ func (c *controller) holderAddr(ctx context.Context, st roles.LeaseState) (strin
 	}
 	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
 	defer cancel()
-	list, err := c.kube.client.CoreV1().Pods(c.o.Namespace).List(ctx, metav1.ListOptions{
+	list, err := c.kube.client.ListPods(ctx, c.o.Namespace, metav1.ListOptions{
 		FieldSelector: fields.OneTermEqualSelector("metadata.name", st.Holder).String(),
 	})
 	if err != nil {

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"log/slog"
 
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -17,7 +16,7 @@ import (
 // recorder (shared by the watcher, the Lease and the role controller) and the
 // replication role's password.
 type kubeSetup struct {
-	client       kubernetes.Interface
+	client       *roles.Client
 	recorder     *roles.Recorder
 	watcher      *roles.PodWatcher
 	replPassword string
@@ -47,7 +46,7 @@ func newKubeSetup(o Options, log *slog.Logger) (*kubeSetup, error) {
 	}
 	cfg.QPS, cfg.Burst = apiQPS, apiBurst
 	cfg.UserAgent = "pgwarden-instance/" + o.PodName
-	client, err := kubernetes.NewForConfig(cfg)
+	client, err := roles.NewClient(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("cannot create the Kubernetes client: %w", err)
 	}

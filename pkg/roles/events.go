@@ -11,7 +11,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
 )
 
 // Reasons of the Events this package and the instance manager write on the instance's Pod.
@@ -43,7 +42,7 @@ const eventTimeout = 3 * time.Second
 // Events per role change, and every caller that could repeat itself (an invalid annotation seen
 // again on every resync) de-duplicates before calling.
 type Recorder struct {
-	client    kubernetes.Interface
+	client    *Client
 	namespace string
 	pod       string
 	log       *slog.Logger
@@ -54,7 +53,7 @@ type Recorder struct {
 
 // NewRecorder returns a Recorder for Events on Pod namespace/pod. A nil logger means
 // slog.Default().
-func NewRecorder(client kubernetes.Interface, namespace, pod string, logger *slog.Logger) *Recorder {
+func NewRecorder(client *Client, namespace, pod string, logger *slog.Logger) *Recorder {
 	if logger == nil {
 		logger = slog.Default()
 	}
@@ -100,7 +99,7 @@ func (r *Recorder) Event(ctx context.Context, eventType, reason, message string)
 		ReportingController: "pgwarden.io/instance",
 		ReportingInstance:   r.pod,
 	}
-	if _, err := r.client.CoreV1().Events(r.namespace).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
+	if _, err := r.client.createEvent(ctx, ev); err != nil {
 		r.log.Warn("cannot write event", "reason", reason, "message", message, "err", err)
 		return fmt.Errorf("cannot write event %s: %w", reason, err)
 	}

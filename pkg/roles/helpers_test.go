@@ -39,8 +39,8 @@ type env struct {
 	admin    kubernetes.Interface
 	ns       string
 	cluster  string
-	instance *rest.Config // the restricted identity
-	client   kubernetes.Interface
+	instance *rest.Config  // the restricted identity
+	client   *roles.Client // the restricted identity, as the code under test uses it
 	log      *testLog
 }
 
@@ -62,13 +62,17 @@ func newEnv(t *testing.T, api *testbed.API, ns, cluster string, pods ...string) 
 	if _, err := admin.RbacV1().RoleBindings(ns).Create(ctx, rb, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	client, err := kubernetes.NewForConfig(cfg)
+	restricted, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := roles.NewClient(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The binding reaches the API server's authorizer cache asynchronously.
 	waitFor(t, 10*time.Second, "RBAC binding to apply", func() bool {
-		_, err := client.CoordinationV1().Leases(ns).Get(ctx, roles.LeaseName(cluster), metav1.GetOptions{})
+		_, err := restricted.CoordinationV1().Leases(ns).Get(ctx, roles.LeaseName(cluster), metav1.GetOptions{})
 		return err == nil || apierrors.IsNotFound(err)
 	})
 	return &env{api: api, admin: admin, ns: ns, cluster: cluster, instance: cfg, client: client, log: newTestLog(t)}
@@ -76,7 +80,7 @@ func newEnv(t *testing.T, api *testbed.API, ns, cluster string, pods ...string) 
 
 // lease returns a PrimaryLease for identity, with the test timings, through client (the
 // restricted identity if nil).
-func (e *env) lease(t *testing.T, identity string, client kubernetes.Interface) *roles.PrimaryLease {
+func (e *env) lease(t *testing.T, identity string, client *roles.Client) *roles.PrimaryLease {
 	t.Helper()
 	if client == nil {
 		client = e.client

@@ -13,8 +13,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	coordinationclient "k8s.io/client-go/kubernetes/typed/coordination/v1"
 )
 
 // Timing of the primary Lease (DESIGN.md, "Defaults"). The order matters:
@@ -32,7 +30,7 @@ func LeaseName(cluster string) string { return cluster + "-primary" }
 
 // LeaseConfig configures a PrimaryLease.
 type LeaseConfig struct {
-	Client    kubernetes.Interface
+	Client    *Client
 	Namespace string
 	Cluster   string // the Lease is LeaseName(Cluster)
 	Identity  string // the holder identity: this instance's pod name
@@ -225,8 +223,8 @@ func (l *PrimaryLease) lock(ctx context.Context) error {
 
 func (l *PrimaryLease) unlock() { <-l.op }
 
-func (l *PrimaryLease) leases() coordinationclient.LeaseInterface {
-	return l.cfg.Client.CoordinationV1().Leases(l.cfg.Namespace)
+func (l *PrimaryLease) leases() leaseClient {
+	return l.cfg.Client.leases(l.cfg.Namespace)
 }
 
 func holderOf(lease *coordinationv1.Lease) string {

@@ -13,7 +13,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/pgwarden/pgwarden/e2e/testbed"
@@ -495,7 +494,7 @@ func testFencingFrozenAPI(t *testing.T, api *testbed.API, e *env) {
 	p := startProxy(t, strings.TrimPrefix(api.URL, "https://"))
 	cfg := rest.CopyConfig(e.instance)
 	cfg.Host = "https://" + p.addr()
-	viaProxy, err := kubernetes.NewForConfig(cfg)
+	viaProxy, err := roles.NewClient(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,7 +16,6 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
 )
 
 // Desired is what the instance's own Pod says, as last seen by the PodWatcher.
@@ -45,7 +44,7 @@ func (d Desired) same(o Desired) bool {
 // PodWatcher watches the instance's own Pod, and only it, and reports its desired role, IP and
 // deletion state. It also writes the observed role label on that Pod.
 type PodWatcher struct {
-	client    kubernetes.Interface
+	client    *Client
 	namespace string
 	name      string
 	recorder  *Recorder
@@ -62,7 +61,7 @@ type PodWatcher struct {
 
 // NewPodWatcher returns a watcher of Pod namespace/name. recorder receives the InvalidRole
 // Events (nil: no Events, only log records); a nil logger means slog.Default().
-func NewPodWatcher(client kubernetes.Interface, namespace, name string, recorder *Recorder, logger *slog.Logger) *PodWatcher {
+func NewPodWatcher(client *Client, namespace, name string, recorder *Recorder, logger *slog.Logger) *PodWatcher {
 	if logger == nil {
 		logger = slog.Default()
 	}
@@ -138,9 +137,8 @@ const watchTimeout = 60 * time.Second
 // listAndWatch lists the Pod, then watches it from the list's resourceVersion until the watch
 // ends. It returns nil when the watch ended normally.
 func (w *PodWatcher) listAndWatch(ctx context.Context) error {
-	pods := w.client.CoreV1().Pods(w.namespace)
 	selector := fields.OneTermEqualSelector("metadata.name", w.name).String()
-	list, err := pods.List(ctx, metav1.ListOptions{FieldSelector: selector})
+	list, err := w.client.ListPods(ctx, w.namespace, metav1.ListOptions{FieldSelector: selector})
 	if err != nil {
 		return fmt.Errorf("cannot list own pod: %w", err)
 	}
@@ -151,7 +149,7 @@ func (w *PodWatcher) listAndWatch(ctx context.Context) error {
 		w.observe(ctx, &list.Items[i])
 	}
 	timeout := int64((watchTimeout + time.Duration(rand.Int64N(int64(watchTimeout/3)))) / time.Second)
-	wi, err := pods.Watch(ctx, metav1.ListOptions{
+	wi, err := w.client.watchPods(ctx, w.namespace, metav1.ListOptions{
 		FieldSelector: selector, ResourceVersion: list.ResourceVersion,
 		AllowWatchBookmarks: true, TimeoutSeconds: &timeout,
 	})
@@ -271,7 +269,7 @@ func (w *PodWatcher) SetObservedRole(ctx context.Context, role Role) error {
 	if err != nil {
 		return fmt.Errorf("cannot set observed role %s: %w", role, err)
 	}
-	if _, err := w.client.CoreV1().Pods(w.namespace).Patch(ctx, w.name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+	if _, err := w.client.patchPod(ctx, w.namespace, w.name, types.MergePatchType, patch); err != nil {
 		return fmt.Errorf("cannot set observed role %s on pod %s/%s: %w", role, w.namespace, w.name, err)
 	}
 	w.log.Info("observed role label set", "label", ObservedRoleLabel, "role", role.String())

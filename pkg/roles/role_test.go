@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/pgwarden/pgwarden/pkg/roles"
@@ -59,7 +58,10 @@ func TestFinalLSN(t *testing.T) {
 
 // Configuration checking only: no API call is made.
 func TestNewPrimaryLease(t *testing.T) {
-	client := kubernetes.NewForConfigOrDie(&rest.Config{Host: "https://127.0.0.1:1"})
+	client, err := roles.NewClient(&rest.Config{Host: "https://127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	l, err := roles.NewPrimaryLease(roles.LeaseConfig{Client: client, Namespace: "ns", Cluster: "demo", Identity: "demo-1"})
 	if err != nil {
 		t.Fatal(err)
