@@ -1,6 +1,8 @@
 package operator
 
 import (
+	"github.com/pgwarden/pgwarden/pkg/statusapi"
+
 	"context"
 	"encoding/json"
 	"fmt"
@@ -14,18 +16,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 )
 
-// InstanceStatus is the part of an instance's GET :8000/status the operator uses (DESIGN.md).
-type InstanceStatus struct {
-	Role           string `json:"role"`
-	Timeline       uint32 `json:"timeline,omitempty"`
-	CurrentLSN     string `json:"currentLSN,omitempty"`
-	ReceivedLSN    string `json:"receivedLSN,omitempty"`
-	ReplayLSN      string `json:"replayLSN,omitempty"`
-	PostmasterPID  int    `json:"postmasterPID"`
-	Ready          bool   `json:"ready"`
-	LeaseHolder    string `json:"leaseHolder"`
-	PendingRestart bool   `json:"pendingRestart"`
-}
+// InstanceStatus is an instance's GET :8000/status (package statusapi).
+type InstanceStatus = statusapi.Status
 
 // StatusClient asks one instance for its status. The operator's is HTTPStatusClient; tests
 // inject one that maps Pods to loopback servers.

@@ -1,6 +1,8 @@
 package plugin
 
 import (
+	"github.com/pgwarden/pgwarden/pkg/statusapi"
+
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,28 +13,10 @@ import (
 )
 
 // StatusPort is the instance manager's probes and /status port.
-const StatusPort = 8000
+const StatusPort = statusapi.Port
 
-// InstanceStatus is the JSON an instance manager serves on GET :8000/status (the fields the plugin
-// uses; pkg/instance.Status is the source of truth, copied here to keep the plugin small).
-type InstanceStatus struct {
-	Role           string `json:"role"`
-	Timeline       uint32 `json:"timeline,omitempty"`
-	CurrentLSN     string `json:"currentLSN,omitempty"`
-	ReceivedLSN    string `json:"receivedLSN,omitempty"`
-	ReplayLSN      string `json:"replayLSN,omitempty"`
-	PostmasterPID  int    `json:"postmasterPID"`
-	Ready          bool   `json:"ready"`
-	NotReady       string `json:"notReady,omitempty"`
-	LeaseHolder    string `json:"leaseHolder"`
-	PendingRestart bool   `json:"pendingRestart"`
-	Mode           string `json:"mode,omitempty"`
-	Phase          string `json:"phase,omitempty"`
-	DesiredRole    string `json:"desiredRole,omitempty"`
-	Upstream       string `json:"upstream,omitempty"`
-	// ReplayLagSeconds is not served by the instance manager yet; when it is, the plugin shows it.
-	ReplayLagSeconds *float64 `json:"replayLagSeconds,omitempty"`
-}
+// InstanceStatus is the JSON an instance manager serves on GET :8000/status (package statusapi).
+type InstanceStatus = statusapi.Status
 
 // StatusFetcher reads one instance's /status.
 type StatusFetcher interface {

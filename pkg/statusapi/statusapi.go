@@ -1,0 +1,44 @@
+// Package statusapi is the JSON contract of an instance manager's GET /status
+// (DESIGN.md, "Command-line contract"): the instance serves it, the operator
+// chooses failover candidates from it, kubectl-pgwarden shows it. It has no
+// dependencies so that every reader can import it cheaply.
+package statusapi
+
+import "time"
+
+// Port is the instance manager's probes and status port (--status-addr :8000).
+const Port = 8000
+
+// Path is where the status is served.
+const Path = "/status"
+
+// Status is the JSON of GET /status.
+type Status struct {
+	// Role is what the server is: "primary", "replica", or "" before the first
+	// successful check.
+	Role     string `json:"role"`
+	Timeline uint32 `json:"timeline,omitempty"`
+	// CurrentLSN is set on a primary; ReceivedLSN and ReplayLSN on a replica.
+	CurrentLSN     string `json:"currentLSN,omitempty"`
+	ReceivedLSN    string `json:"receivedLSN,omitempty"`
+	ReplayLSN      string `json:"replayLSN,omitempty"`
+	PostmasterPID  int    `json:"postmasterPID"`
+	Ready          bool   `json:"ready"`
+	NotReady       string `json:"notReady,omitempty"`
+	LeaseHolder    string `json:"leaseHolder"`
+	PendingRestart bool   `json:"pendingRestart"`
+	// Mode is "standalone" (no Kubernetes) or "kubernetes".
+	Mode string `json:"mode"`
+	// Phase is the role controller's state (Kubernetes mode): starting,
+	// rejoining, replica, promoting, primary, demoting, fenced.
+	Phase string `json:"phase,omitempty"`
+	// DesiredRole is the Pod's last valid pgwarden.io/role (Kubernetes mode).
+	DesiredRole string `json:"desiredRole,omitempty"`
+	// Upstream is the address a replica streams from (Kubernetes mode).
+	Upstream string `json:"upstream,omitempty"`
+	// ReplayLagSeconds is how far a replica's replay is behind, when known.
+	// Not served yet; readers show it when present.
+	ReplayLagSeconds *float64 `json:"replayLagSeconds,omitempty"`
+	// MeasuredAt is when the server state above was read.
+	MeasuredAt *time.Time `json:"measuredAt,omitempty"`
+}
