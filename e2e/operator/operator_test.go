@@ -354,7 +354,7 @@ func checkSupporting(t *testing.T, c client.Client, ns, name string, pods []stri
 	get(&pdbPrimary, name+"-primary")
 	get(&pdbReplicas, name+"-replicas")
 	if pdbPrimary.Spec.MinAvailable == nil || pdbPrimary.Spec.MinAvailable.IntValue() != 1 ||
-		pdbReplicas.Spec.MaxUnavailable == nil || pdbReplicas.Spec.MaxUnavailable.IntValue() != 1 {
+		pdbReplicas.Spec.MaxUnavailable != nil || pdbReplicas.Spec.MinAvailable == nil || pdbReplicas.Spec.MinAvailable.IntValue() != 1 {
 		t.Errorf("PDBs: %+v / %+v", pdbPrimary.Spec, pdbReplicas.Spec)
 	}
 	p, err := getPod(c, ns, name+"-1")

@@ -123,11 +123,19 @@ func newServices(c *pgv1.PostgresCluster) []*corev1.Service {
 
 // newPDBs: the primary must stay (minAvailable 1, so a drain waits for a switchover); of the
 // replicas at most one may be down at a time.
+//
+// The replicas' budget is an integer minAvailable (instances-2), not maxUnavailable 1: with
+// maxUnavailable the disruption controller takes the expected number of pods from the pods'
+// controller (the PostgresCluster) through a scale subresource, which would count every instance,
+// primary included, against a selector that matches only the replicas (and without a scale
+// subresource it reports CalculateExpectedPodCountFailed and allows nothing). With an integer
+// minAvailable it counts the pods the selector matches.
 func newPDBs(c *pgv1.PostgresCluster) []*policyv1.PodDisruptionBudget {
 	sel := func(role roles.Role) *metav1.LabelSelector {
 		return &metav1.LabelSelector{MatchLabels: map[string]string{ClusterLabel: c.Name, roles.ObservedRoleLabel: string(role)}}
 	}
 	one := intstr.FromInt32(1)
+	replicasMin := intstr.FromInt32(max(c.Spec.Instances-2, 0))
 	return []*policyv1.PodDisruptionBudget{
 		{
 			ObjectMeta: metav1.ObjectMeta{Name: c.Name + "-primary", Namespace: c.Namespace, Labels: clusterLabels(c.Name)},
@@ -135,7 +143,7 @@ func newPDBs(c *pgv1.PostgresCluster) []*policyv1.PodDisruptionBudget {
 		},
 		{
 			ObjectMeta: metav1.ObjectMeta{Name: c.Name + "-replicas", Namespace: c.Namespace, Labels: clusterLabels(c.Name)},
-			Spec:       policyv1.PodDisruptionBudgetSpec{Selector: sel(roles.RoleReplica), MaxUnavailable: &one},
+			Spec:       policyv1.PodDisruptionBudgetSpec{Selector: sel(roles.RoleReplica), MinAvailable: &replicasMin},
 		},
 	}
 }

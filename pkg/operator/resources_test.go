@@ -144,3 +144,21 @@ func TestPodSpecHash(t *testing.T) {
 		t.Error("stopDelay does not change the hash")
 	}
 }
+
+// The replicas' PDB uses an integer minAvailable: the disruption controller then counts the pods
+// its selector matches, instead of asking the PostgresCluster for a scale subresource (which it
+// does not have, and whose count would include the primary).
+func TestNewPDBs(t *testing.T) {
+	for instances, want := range map[int32]int{1: 0, 2: 0, 3: 1, 5: 3} {
+		c := testCluster()
+		c.Spec.Instances = instances
+		pdbs := newPDBs(c)
+		primary, replicas := pdbs[0].Spec, pdbs[1].Spec
+		if primary.MinAvailable == nil || primary.MinAvailable.IntValue() != 1 || primary.MaxUnavailable != nil {
+			t.Errorf("%d instances: primary PDB %+v", instances, primary)
+		}
+		if replicas.MaxUnavailable != nil || replicas.MinAvailable == nil || replicas.MinAvailable.IntValue() != want {
+			t.Errorf("%d instances: replicas PDB %+v, want minAvailable %d", instances, replicas, want)
+		}
+	}
+}
