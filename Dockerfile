@@ -20,6 +20,11 @@ ARG VERSION=dev
 RUN CGO_ENABLED=0 go build -trimpath \
       -ldflags "-s -w -X github.com/pgwarden/pgwarden/pkg/version.Version=${VERSION}" \
       -o /out/pgwarden ./cmd/pgwarden
+# The instance image's build leaves the operator out (-tags noperator): PID 1 of every Postgres
+# pod then idles at ~18 MiB instead of ~30 MiB (`make build-instance`).
+RUN CGO_ENABLED=0 go build -trimpath -tags noperator \
+      -ldflags "-s -w -X github.com/pgwarden/pgwarden/pkg/version.Version=${VERSION}" \
+      -o /out/pgwarden-instance ./cmd/pgwarden
 
 # The operator: the same binary, nothing else.
 FROM scratch AS operator
@@ -31,7 +36,7 @@ ENTRYPOINT ["/usr/local/bin/pgwarden","operator"]
 # The instance: the official PostgreSQL image, with pgwarden as PID 1. Its postgres user is
 # uid 999, gid 999; the numeric form lets Kubernetes verify runAsNonRoot.
 FROM postgres:${PG_MAJOR} AS instance
-COPY --from=build /out/pgwarden /usr/local/bin/pgwarden
+COPY --from=build /out/pgwarden-instance /usr/local/bin/pgwarden
 ENV PGDATA=/var/lib/postgresql/data/pgdata PG_BIN_DIR=/usr/lib/postgresql/15/bin
 USER 999:999
 EXPOSE 5432 8000 9187

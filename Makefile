@@ -12,10 +12,15 @@ build: ## build bin/pgwarden and the kubectl plugin bin/kubectl-pgwarden
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/pgwarden ./cmd/pgwarden
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/kubectl-pgwarden ./cmd/kubectl-pgwarden
 
-test: deps testbed-build ## run every test: unit, integration (real PostgreSQL, real kube-apiserver) and the node test bed's self-test
+test: deps testbed-build ## run every test: unit, integration (real PostgreSQL, real kube-apiserver), the node test bed's self-test and the operator on the node
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 40m ./...
 	$(MAKE) testbed-selftest
+	$(MAKE) e2e-node
+
+.PHONY: e2e-node
+e2e-node: ## operator and real instance pods on the node test bed: Healthy, switchover, failover (up and down around it)
+	e2e/node/run.sh
 
 build-instance: ## build bin/pgwarden-instance: the instance image's binary, without the operator (-tags noperator)
 	CGO_ENABLED=0 $(GO) build -trimpath -tags noperator -ldflags '$(LDFLAGS)' -o bin/pgwarden-instance ./cmd/pgwarden
@@ -46,6 +51,6 @@ bench-switchover: build ## switchover by annotation on the api test bed, medians
 	$(GO) run ./e2e/bench/switchover -bin bin/pgwarden -o .bench/switchover.md
 
 .PHONY: bench-instance
-bench-instance: build ## measure the instance manager: RSS, probe latency, startup (writes .bench/instance.md)
+bench-instance: build-instance ## measure the instance manager (the instance image's build): RSS, probe latency, startup (writes .bench/instance.md)
 	mkdir -p .bench
-	$(GO) run ./e2e/bench/instance -bin bin/pgwarden -o .bench/instance.md
+	$(GO) run ./e2e/bench/instance -bin bin/pgwarden-instance -o .bench/instance.md

@@ -140,10 +140,9 @@ func (e *env) run(name string, args ...string) string {
 	return out.String()
 }
 
-// buildImages: bin/pgwarden from the working tree, then the instance and operator images,
+// buildImages: the binaries from the working tree, then the instance and operator images,
 // imported into the node's containerd (what `make testbed-images` does).
 func (e *env) buildImages() {
-	e.run("go", "build", "-o", "bin/pgwarden", "./cmd/pgwarden")
 	e.run(filepath.Join("e2e", "testbed", "images.sh"), "pgwarden")
 }
 

@@ -38,9 +38,13 @@ for which in "$@"; do
       done
       ;;
     pgwarden)
-      make -s -C "$ROOT" build || die "make build failed; the pgwarden images need bin/pgwarden"
+      make -s -C "$ROOT" build build-instance ||
+        die "make build build-instance failed; the pgwarden images need bin/pgwarden and bin/pgwarden-instance"
       for img in instance operator; do
-        "$TB/bin/tbimage" -spec "$HERE/images.conf" -image "$img" -pgwarden "$ROOT/bin/pgwarden" -o "$OUT/$img.tar" ||
+        # The instance image carries the build without the operator (smaller PID 1), as the Dockerfile does.
+        bin="$ROOT/bin/pgwarden"
+        [ "$img" = instance ] && bin="$ROOT/bin/pgwarden-instance"
+        "$TB/bin/tbimage" -spec "$HERE/images.conf" -image "$img" -pgwarden "$bin" -o "$OUT/$img.tar" ||
           die "cannot build the $img image"
         archives+=("$OUT/$img.tar")
       done
