@@ -400,3 +400,43 @@ func snapshotTree(t *testing.T, dir string) string {
 	sort.Strings(lines)
 	return strings.Join(lines, "\n")
 }
+
+// TestSynchronousStandbyNamesFile: the operator's synchronous_standby_names
+// arrives in its own file (users cannot set it among their parameters); it is
+// applied at start and re-applied by reload when the file changes, and a bad
+// file changes nothing.
+func TestSynchronousStandbyNamesFile(t *testing.T) {
+	i := newInstance(t)
+	sync := filepath.Join(i.Root, "synchronous_standby_names")
+	if err := os.WriteFile(sync, []byte(`ANY 1 ("demo-2", "demo-3")`+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	i.ExtraArgs = []string{"--synchronous-standby-names-file", sync}
+	i.start(true)
+	i.waitReady(90 * time.Second)
+	ctx := context.Background()
+	setting := func() string {
+		c := i.connect(ctx)
+		defer c.Close(ctx)
+		var v string
+		if err := c.QueryRow(ctx, "SELECT current_setting('synchronous_standby_names')").Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	if v := setting(); v != `ANY 1 ("demo-2", "demo-3")` {
+		t.Fatalf("synchronous_standby_names = %q at start", v)
+	}
+	if err := os.WriteFile(sync, []byte("\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "synchronous_standby_names to be cleared", func() bool { return setting() == "" })
+
+	if err := os.WriteFile(sync, []byte("ANY 1 (a)\nFIRST 1 (b)\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	i.waitLog(20*time.Second, "synchronous_standby_names", "level", "ERROR")
+	if v := setting(); v != "" {
+		t.Errorf("a rejected file changed synchronous_standby_names to %q", v)
+	}
+}

@@ -34,8 +34,11 @@ func TestSynchronousFailover(t *testing.T) {
 	if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: "db-config"}, &cm); err != nil {
 		t.Fatal(err)
 	}
-	if want := `synchronous_standby_names = 'ANY 1 ("db-1", "db-2", "db-3")'`; !strings.Contains(cm.Data["postgresql.conf"], want) {
-		t.Errorf("parameters lack %s:\n%s", want, cm.Data["postgresql.conf"])
+	if want := `ANY 1 ("db-1", "db-2", "db-3")`; strings.TrimSpace(cm.Data["synchronous_standby_names"]) != want {
+		t.Errorf("ConfigMap synchronous_standby_names = %q, want %q", cm.Data["synchronous_standby_names"], want)
+	}
+	if strings.Contains(cm.Data["postgresql.conf"], "synchronous_standby_names") {
+		t.Errorf("the user's parameters file carries synchronous_standby_names, which instances refuse:\n%s", cm.Data["postgresql.conf"])
 	}
 	kubeletRun(t, c, inst, ns, "db-1", roles.RolePrimary, "0/9000000")
 	holdLease(t, c, ns, name, "db-1")

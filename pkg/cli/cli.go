@@ -123,6 +123,7 @@ primary, and clones, follows, promotes, demotes and rewinds by itself.`,
 	f.DurationVar(&o.SwitchoverDelay, "switchover-delay", 40000000*time.Second, "time budget of a demotion's fast shutdown (Kubernetes mode); past it, immediate shutdown")
 	f.StringVar(&o.PasswordFile, "superuser-password-file", env("PGWARDEN_SUPERUSER_PASSWORD_FILE", ""), "file holding the superuser's password, e.g. a mounted Secret [PGWARDEN_SUPERUSER_PASSWORD_FILE]")
 	f.StringVar(&o.ParametersFile, "parameters-file", env("PGWARDEN_PARAMETERS_FILE", ""), "optional file of PostgreSQL parameters in postgresql.conf syntax; re-read when it changes [PGWARDEN_PARAMETERS_FILE]")
+	f.StringVar(&o.SyncNamesFile, "synchronous-standby-names-file", env("PGWARDEN_SYNCHRONOUS_STANDBY_NAMES_FILE", ""), "optional file holding synchronous_standby_names, written by the operator from replication.synchronous; re-read when it changes [PGWARDEN_SYNCHRONOUS_STANDBY_NAMES_FILE]")
 	f.StringVar(&o.RunAs, "run-as", env("PGWARDEN_RUN_AS", "postgres"), "OS user that runs postgres when pgwarden runs as root [PGWARDEN_RUN_AS]")
 	f.StringVar(&o.PodName, "pod-name", env("POD_NAME", ""), "this instance's Pod [POD_NAME]; empty: standalone")
 	f.StringVar(&o.Namespace, "namespace", env("POD_NAMESPACE", ""), "the Pod's namespace [POD_NAMESPACE]")

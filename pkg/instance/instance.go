@@ -42,11 +42,13 @@ type Options struct {
 	SwitchoverDelay time.Duration
 	PasswordFile    string
 	ParametersFile  string
-	RunAs           string
-	PodName         string
-	Namespace       string
-	Cluster         string
-	LogLevel        string
+	// SyncNamesFile holds synchronous_standby_names, computed by the operator.
+	SyncNamesFile string
+	RunAs         string
+	PodName       string
+	Namespace     string
+	Cluster       string
+	LogLevel      string
 
 	// Kubernetes mode (PodName set).
 	Kubeconfig              string
@@ -154,6 +156,12 @@ func run(ctx context.Context, hup <-chan struct{}, o Options, base, log *slog.Lo
 			return lifecycle.ExitCouldNotStart, err
 		}
 	}
+	var syncNames string
+	if o.SyncNamesFile != "" {
+		if syncNames, err = postgres.ReadSynchronousStandbyNames(o.SyncNamesFile); err != nil {
+			return lifecycle.ExitCouldNotStart, err
+		}
+	}
 	state, err := postgres.InspectDataDir(o.DataDir, bin.Major)
 	if err != nil {
 		return lifecycle.ExitCouldNotStart, err
@@ -200,12 +208,12 @@ func run(ctx context.Context, hup <-chan struct{}, o Options, base, log *slog.Lo
 		return lifecycle.ExitCouldNotStart, err
 	}
 	cfg := postgres.Config{Port: o.Port, ListenAddresses: o.ListenAddresses, SocketDir: o.SocketDir, Parameters: params}
-	store := newConfStore(o.DataDir, cfg, user, log)
+	store := newConfStore(o.DataDir, cfg, syncNames, user, log)
 	if kube == nil {
 		if _, err := store.write(); err != nil {
 			return lifecycle.ExitCouldNotStart, err
 		}
-		warnAutoConf(log, o.DataDir, cfg.Managed)
+		warnAutoConf(log, o.DataDir, render(cfg, syncNames).Managed)
 	}
 
 	// Postgres writes its log into a pipe; CopyPostgres re-emits it as JSON.
@@ -406,16 +414,41 @@ func checkpointIfPrimary(ctx context.Context, connConfig func(context.Context) (
 	return postgres.Checkpoint(ctx, conn)
 }
 
-// watchParameters re-reads the user's parameters file every few seconds and
-// on SIGHUP; when its content changes, it rewrites the configuration and
-// reloads postgres. A bad file is reported and changes nothing.
+// watchParameters re-reads the user's parameters file and the operator's
+// synchronous_standby_names file every few seconds and on SIGHUP; when one
+// changes, it rewrites the configuration and reloads postgres. A bad file is
+// reported and changes nothing.
 func watchParameters(ctx context.Context, hup <-chan struct{}, log *slog.Logger, o Options, store *confStore, sup *lifecycle.Supervisor) {
-	if o.ParametersFile == "" {
+	type source struct {
+		file  string
+		what  string
+		apply func() (bool, error) // reads file and hands it to the store
+	}
+	var sources []*source
+	if o.ParametersFile != "" {
+		sources = append(sources, &source{file: o.ParametersFile, what: "the parameters file", apply: func() (bool, error) {
+			params, err := postgres.ReadParametersFile(o.ParametersFile)
+			if err != nil {
+				return false, err
+			}
+			return store.setParameters(params)
+		}})
+	}
+	if o.SyncNamesFile != "" {
+		sources = append(sources, &source{file: o.SyncNamesFile, what: "synchronous_standby_names", apply: func() (bool, error) {
+			names, err := postgres.ReadSynchronousStandbyNames(o.SyncNamesFile)
+			if err != nil {
+				return false, err
+			}
+			return store.setSynchronous(names)
+		}})
+	}
+	if len(sources) == 0 {
 		return
 	}
 	t := time.NewTicker(parametersPollInterval)
 	defer t.Stop()
-	lastErr := ""
+	lastErr := make(map[*source]string)
 	for {
 		select {
 		case <-ctx.Done():
@@ -423,30 +456,27 @@ func watchParameters(ctx context.Context, hup <-chan struct{}, log *slog.Logger,
 		case <-t.C:
 		case <-hup:
 		}
-		params, err := postgres.ReadParametersFile(o.ParametersFile)
-		if err != nil {
-			if err.Error() != lastErr {
-				log.Error("cannot apply the parameters file; keeping the current configuration", "file", o.ParametersFile, "error", err.Error())
-				lastErr = err.Error()
+		for _, src := range sources {
+			changed, err := src.apply()
+			if err != nil {
+				if err.Error() != lastErr[src] {
+					log.Error("cannot apply "+src.what+"; keeping the current configuration", "file", src.file, "error", err.Error())
+					lastErr[src] = err.Error()
+				}
+				continue
 			}
-			continue
+			delete(lastErr, src)
+			if !changed {
+				continue
+			}
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err = sup.Reload(rctx)
+			cancel()
+			if err != nil {
+				log.Warn("configuration written; postgres will read it when it starts", "error", err.Error())
+				continue
+			}
+			log.Info(src.what+" changed: configuration reloaded", "file", src.file)
 		}
-		lastErr = ""
-		changed, err := store.setParameters(params)
-		if err != nil {
-			log.Error("cannot write the configuration; keeping the current one", "error", err.Error())
-			continue
-		}
-		if !changed {
-			continue
-		}
-		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err = sup.Reload(rctx)
-		cancel()
-		if err != nil {
-			log.Warn("configuration written; postgres will read it when it starts", "error", err.Error())
-			continue
-		}
-		log.Info("parameters changed: configuration reloaded", "file", o.ParametersFile)
 	}
 }

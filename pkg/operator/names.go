@@ -25,6 +25,9 @@ const (
 	PasswordKey       = "password"
 	UsernameKey       = "username"
 	ParametersFileKey = "postgresql.conf"
+	// SyncNamesKey holds synchronous_standby_names, which the operator computes and the
+	// instances apply (users cannot set it among their parameters).
+	SyncNamesKey = "synchronous_standby_names"
 )
 
 // Paths inside the instance container.

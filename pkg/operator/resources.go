@@ -27,16 +27,11 @@ const (
 	probeTimeoutSeconds = 5
 )
 
-// renderParameters renders the user's parameters plus the ones the operator computes
-// (synchronous_standby_names) in postgresql.conf syntax, sorted, one per line.
+// renderParameters renders the user's parameters in postgresql.conf syntax, sorted, one per
+// line. synchronous_standby_names is not among them: the instance refuses it from the user's
+// file, so it travels in its own key (SyncNamesKey).
 func renderParameters(c *pgv1.PostgresCluster) string {
-	params := make(map[string]string, len(c.Spec.PostgreSQL.Parameters)+1)
-	for k, v := range c.Spec.PostgreSQL.Parameters {
-		params[k] = v
-	}
-	if s := synchronousStandbyNames(c); s != "" {
-		params["synchronous_standby_names"] = s
-	}
+	params := c.Spec.PostgreSQL.Parameters
 	keys := make([]string, 0, len(params))
 	for k := range params {
 		keys = append(keys, k)
@@ -69,7 +64,7 @@ func synchronousStandbyNames(c *pgv1.PostgresCluster) string {
 func newConfigMap(c *pgv1.PostgresCluster) *corev1.ConfigMap {
 	return &corev1.ConfigMap{
 		ObjectMeta: metav1.ObjectMeta{Name: configMapName(c.Name), Namespace: c.Namespace, Labels: clusterLabels(c.Name)},
-		Data:       map[string]string{ParametersFileKey: renderParameters(c)},
+		Data:       map[string]string{ParametersFileKey: renderParameters(c), SyncNamesKey: synchronousStandbyNames(c) + "\n"},
 	}
 }
 
@@ -228,6 +223,7 @@ func newPod(c *pgv1.PostgresCluster, name string, role roles.Role, image string)
 					"--superuser-password-file=" + superuserMountPath + "/" + PasswordKey,
 					"--replication-password-file=" + replicationMountPath + "/" + PasswordKey,
 					"--parameters-file=" + configMountPath + "/" + ParametersFileKey,
+					"--synchronous-standby-names-file=" + configMountPath + "/" + SyncNamesKey,
 				},
 				Env: []corev1.EnvVar{
 					fieldEnv("POD_NAME", "metadata.name"),

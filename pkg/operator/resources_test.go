@@ -37,7 +37,8 @@ func TestNewPod(t *testing.T) {
 	wantArgs := []string{"--stop-delay=40s", "--start-delay=95s", "--switchover-delay=60s",
 		"--superuser-password-file=/etc/pgwarden/superuser/password",
 		"--replication-password-file=/etc/pgwarden/replication/password",
-		"--parameters-file=/etc/pgwarden/config/postgresql.conf"}
+		"--parameters-file=/etc/pgwarden/config/postgresql.conf",
+		"--synchronous-standby-names-file=/etc/pgwarden/config/synchronous_standby_names"}
 	if d := cmp.Diff(wantArgs, ct.Args); d != "" {
 		t.Errorf("args (-want +got):\n%s", d)
 	}
@@ -91,10 +92,12 @@ func TestRenderParameters(t *testing.T) {
 	c.Spec.Replication.Synchronous.Number = 1
 	want := "# Rendered by the pgwarden operator from spec.postgresql.parameters; do not edit.\n" +
 		"application_name = 'it''s a\\\\b'\n" +
-		"synchronous_standby_names = 'ANY 1 (\"db-1\", \"db-2\", \"db-3\")'\n" +
 		"work_mem = '4MB'\n"
 	if d := cmp.Diff(want, renderParameters(c)); d != "" {
 		t.Errorf("(-want +got):\n%s", d)
+	}
+	if got, want := newConfigMap(c).Data[SyncNamesKey], "ANY 1 (\"db-1\", \"db-2\", \"db-3\")\n"; got != want {
+		t.Errorf("ConfigMap %s = %q, want %q", SyncNamesKey, got, want)
 	}
 	c.Spec.Replication.Synchronous.Number = 0
 	if got := synchronousStandbyNames(c); got != "" {

@@ -2,6 +2,8 @@ package postgres
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -161,5 +163,31 @@ func TestOwnedParameters(t *testing.T) {
 		if err := ValidateParameters(map[string]string{name: "x"}); err == nil {
 			t.Errorf("ValidateParameters accepts owned parameter %s", name)
 		}
+	}
+}
+
+func TestReadSynchronousStandbyNames(t *testing.T) {
+	dir := t.TempDir()
+	for _, tt := range []struct {
+		name, content, want string
+		ok                  bool
+	}{
+		{"any", "ANY 1 (\"demo-1\", \"demo-2\")\n", `ANY 1 ("demo-1", "demo-2")`, true},
+		{"empty means asynchronous", "\n", "", true},
+		{"two lines", "ANY 1 (a)\nFIRST 1 (b)\n", "", false},
+		{"nul", "ANY 1 (a\x00)", "", false},
+		{"too long", strings.Repeat("x", maxSyncNamesSize+1), "", false},
+	} {
+		p := filepath.Join(dir, strings.ReplaceAll(tt.name, " ", "_"))
+		if err := os.WriteFile(p, []byte(tt.content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		got, err := ReadSynchronousStandbyNames(p)
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("%s: got %q, %v; want %q, ok %v", tt.name, got, err, tt.want, tt.ok)
+		}
+	}
+	if _, err := ReadSynchronousStandbyNames(filepath.Join(dir, "missing")); err == nil {
+		t.Error("a missing file gave no error")
 	}
 }
