@@ -834,13 +834,49 @@ func (c *controller) catchUpFormerPrimary(ctx context.Context, addr string) erro
 		c.event(corev1.EventTypeWarning, roles.ReasonRewindFailed, "pg_rewind from %s failed; re-cloning: %v", addr, err)
 		return c.reclone(ctx, addr, err)
 	}
+	if err := c.checkRewound(ctx, addr); err != nil {
+		return err
+	}
 	c.log.Info("rewound the former primary", "source", addr, "took", time.Since(began).Round(time.Millisecond).String())
 	c.event(corev1.EventTypeNormal, roles.ReasonRewound, "Rewound the former primary (pg_rewind) to follow %s", addr)
 	return nil
 }
 
+// checkRewound makes sure pg_rewind really rewound. It reads the source's
+// timeline from the source's control file, which a just-promoted primary
+// updates only at its first checkpoint on the new timeline; before that,
+// pg_rewind finds "the same timeline", changes nothing but finishing crash
+// recovery, and succeeds. Started as a standby, such a data directory could
+// never follow the new timeline (its WAL goes past the fork point). A real
+// rewind leaves the control file in archive recovery; a no-op leaves it shut
+// down, and then the timeline history decides: still diverged means wait for
+// the new primary's checkpoint and rewind again.
+func (c *controller) checkRewound(ctx context.Context, addr string) error {
+	cd, err := postgres.ReadControlData(ctx, c.bin, c.o.DataDir, c.user)
+	if err != nil {
+		return err
+	}
+	if cd.State != postgres.StateShutDown {
+		return nil
+	}
+	src, err := postgres.IdentifySource(ctx, addr, c.o.Port, postgres.ReplicationRole, c.passfile)
+	if err != nil {
+		return err
+	}
+	still, err := postgres.NeedsRewind(cd, src)
+	if err != nil {
+		return err
+	}
+	if still {
+		c.log.Info("pg_rewind changed nothing: the new primary has not checkpointed on its new timeline yet; rewinding again shortly",
+			"finalLSN", cd.FinalLSN.String(), "timeline", cd.TimeLineID, "sourceTimeline", src.TimeLineID)
+		return errAwaitPromotion
+	}
+	return nil
+}
+
 // errAwaitPromotion: the former primary must be rewound, and the new Lease
-// holder has not promoted yet.
+// holder has not promoted yet (or not checkpointed on its new timeline).
 var errAwaitPromotion = errors.New("waiting for the new primary to promote before rewinding")
 
 // reclone empties the data directory and clones it from addr.
