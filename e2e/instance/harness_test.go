@@ -2,67 +2,36 @@ package instance
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgwarden/pgwarden/e2e/internal/harness"
 )
 
 // bin is the pgwarden binary under test, built once by TestMain.
 var bin string
 
 func TestMain(m *testing.M) {
-	os.Exit(runTests(m))
-}
-
-func runTests(m *testing.M) int {
-	if os.Geteuid() != 0 {
-		fmt.Fprintln(os.Stderr, "e2e/instance: these tests must run as root (postgres runs as the postgres user; PID namespaces need CAP_SYS_ADMIN)")
-		return 1
-	}
-	dir, err := os.MkdirTemp("", "pgwarden-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	bin = filepath.Join(dir, "pgwarden")
-	build := exec.Command("go", "build", "-o", bin, "github.com/pgwarden/pgwarden/cmd/pgwarden")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "cannot build pgwarden:", err)
-		return 1
-	}
-	return m.Run()
+	os.Exit(harness.Main(m, &bin, "e2e/instance: these tests must run as root (postgres runs as the postgres user; PID namespaces need CAP_SYS_ADMIN)"))
 }
 
 const password = "s3cret-'quote\"-and-\\backslash" // never to be seen in logs
 
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+var freePort = harness.FreePort
 
 // instance is one `pgwarden instance run` under test.
 type instance struct {
@@ -337,51 +306,11 @@ func (i *instance) waitLog(limit time.Duration, msg string, kv ...string) map[st
 	return found
 }
 
-// waitFor polls cond every 50 ms until it holds or limit passes.
-func waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", limit, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
+var waitFor = harness.WaitFor
 
-// lineBuffer is a concurrency-safe sink that keeps everything written.
-type lineBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
+type lineBuffer = harness.LineBuffer
 
 func newLineBuffer() *lineBuffer { return &lineBuffer{} }
-
-func (l *lineBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lineBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// Lines returns the complete lines written so far.
-func (l *lineBuffer) Lines() []string {
-	s := l.String()
-	if k := strings.LastIndexByte(s, '\n'); k >= 0 {
-		s = s[:k]
-	} else {
-		return nil
-	}
-	if s == "" {
-		return nil
-	}
-	return strings.Split(s, "\n")
-}
 
 // descendantsOf lists live (non-zombie) and zombie descendants of pid.
 func descendantsOf(pid int) (live, zombies []int) {

@@ -1,12 +1,10 @@
 package roles
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -28,6 +26,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/pgwarden/pgwarden/e2e/internal/harness"
 	"github.com/pgwarden/pgwarden/e2e/testbed"
 	"github.com/pgwarden/pgwarden/pkg/roles"
 )
@@ -35,27 +34,8 @@ import (
 // bin is the pgwarden binary under test, built once by TestMain.
 var bin string
 
-func TestMain(m *testing.M) { os.Exit(runTests(m)) }
-
-func runTests(m *testing.M) int {
-	if os.Geteuid() != 0 {
-		fmt.Fprintln(os.Stderr, "e2e/roles: these tests must run as root (postgres runs as the postgres user; PID namespaces and iptables need it)")
-		return 1
-	}
-	dir, err := os.MkdirTemp("", "pgwarden-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	bin = filepath.Join(dir, "pgwarden")
-	build := exec.Command("go", "build", "-o", bin, "github.com/pgwarden/pgwarden/cmd/pgwarden")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "cannot build pgwarden:", err)
-		return 1
-	}
-	return m.Run()
+func TestMain(m *testing.M) {
+	os.Exit(harness.Main(m, &bin, "e2e/roles: these tests must run as root (postgres runs as the postgres user; PID namespaces and iptables need it)"))
 }
 
 const (
@@ -107,15 +87,7 @@ type member struct {
 	code   int
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+var freePort = harness.FreePort
 
 // newCluster starts an API server and creates n Pods demo-0.. with desired
 // roles primary (the first) and replica, and their IPs 127.0.77.1...
@@ -684,45 +656,9 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	}
 }
 
-// waitFor polls cond every 20 ms until it holds or limit passes.
-func waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", limit, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+var waitFor = harness.WaitFor
 
-// lineBuffer is a concurrency-safe sink that keeps everything written.
-type lineBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lineBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lineBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// Lines returns the complete lines written so far.
-func (l *lineBuffer) Lines() []string {
-	s := l.String()
-	k := strings.LastIndexByte(s, '\n')
-	if k <= 0 {
-		return nil
-	}
-	return strings.Split(s[:k], "\n")
-}
+type lineBuffer = harness.LineBuffer
 
 func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), d)
