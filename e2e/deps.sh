@@ -6,7 +6,8 @@ set -euo pipefail
 
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-for p in postgresql-15 postgresql-client-15 util-linux iproute2 procps; do
+# iptables: e2e/roles cuts replication links with it (node.sh installs the rest it needs).
+for p in postgresql-15 postgresql-client-15 util-linux iproute2 procps iptables; do
   have_pkg "$p" || need+=("$p")
 done
 for p in ${EXTRA_DEBS:-}; do have_pkg "$p" || need+=("$p"); done
