@@ -1,6 +1,8 @@
 package operator
 
 import (
+	"github.com/pgwarden/pgwarden/pkg/statusapi"
+
 	"cmp"
 	"fmt"
 	"slices"
@@ -55,12 +57,12 @@ func ChooseCandidate(cands []Candidate, syncNumber int) (string, error) {
 		case c.Status.Role != "replica":
 			skipped = append(skipped, fmt.Sprintf("%s: reports role %q", c.Name, c.Status.Role))
 		default:
-			recv, err := parseLSN(c.Status.ReceivedLSN)
+			recv, err := statusapi.ParseLSN(c.Status.ReceivedLSN)
 			if err != nil {
 				skipped = append(skipped, fmt.Sprintf("%s: %v", c.Name, err))
 				continue
 			}
-			replay, _ := parseLSN(c.Status.ReplayLSN) // only a tie-breaker
+			replay, _ := statusapi.ParseLSN(c.Status.ReplayLSN) // only a tie-breaker
 			ok = append(ok, scored{name: c.Name, index: trailingNumber(c.Name), tli: c.Status.Timeline,
 				received: recv, replay: replay})
 		}
@@ -89,20 +91,6 @@ func ChooseCandidate(cands []Candidate, syncNumber int) (string, error) {
 		)
 	})
 	return best.name, nil
-}
-
-// parseLSN parses PostgreSQL's "X/Y" notation (two hexadecimal 32-bit halves).
-func parseLSN(s string) (uint64, error) {
-	hi, lo, found := strings.Cut(s, "/")
-	if !found {
-		return 0, fmt.Errorf("invalid LSN %q", s)
-	}
-	h, err1 := strconv.ParseUint(hi, 16, 32)
-	l, err2 := strconv.ParseUint(lo, 16, 32)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("invalid LSN %q", s)
-	}
-	return h<<32 | l, nil
 }
 
 func trailingNumber(name string) int {

@@ -98,16 +98,3 @@ func TestChooseCandidate(t *testing.T) {
 		})
 	}
 }
-
-func TestParseLSN(t *testing.T) {
-	for s, want := range map[string]uint64{"0/0": 0, "0/3000028": 0x3000028, "16/B374D848": 0x16B374D848, "FFFFFFFF/FFFFFFFF": ^uint64(0)} {
-		if got, err := parseLSN(s); err != nil || got != want {
-			t.Errorf("parseLSN(%q) = %x, %v; want %x", s, got, err, want)
-		}
-	}
-	for _, s := range []string{"", "0", "x/1", "1/", "100000000/0"} {
-		if _, err := parseLSN(s); err == nil {
-			t.Errorf("parseLSN(%q) succeeded", s)
-		}
-	}
-}

@@ -10,20 +10,6 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-func TestParseLSN(t *testing.T) {
-	for s, want := range map[string]uint64{"0/0": 0, "0/3000060": 0x3000060, "1/0": 1 << 32, "FFFFFFFF/FFFFFFFF": 1<<64 - 1, "a/b": 0xa<<32 | 0xb} {
-		got, err := ParseLSN(s)
-		if err != nil || got != want {
-			t.Errorf("ParseLSN(%q) = %x, %v; want %x", s, got, err, want)
-		}
-	}
-	for _, bad := range []string{"", "0", "0/", "/1", "x/1", "100000000/0", "0/1/2"} {
-		if _, err := ParseLSN(bad); err == nil {
-			t.Errorf("ParseLSN(%q) accepted", bad)
-		}
-	}
-}
-
 func TestLagBytes(t *testing.T) {
 	if got := LagBytes(1<<32+16, 1<<32-16); got != 32 {
 		t.Errorf("across the 4 GiB boundary: %d, want 32", got)

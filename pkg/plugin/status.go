@@ -1,6 +1,8 @@
 package plugin
 
 import (
+	"github.com/pgwarden/pgwarden/pkg/statusapi"
+
 	"context"
 	"fmt"
 	"sort"
@@ -307,7 +309,7 @@ func ComputeLag(instances []InstanceReport, leaseHolder string) {
 	if primary < 0 {
 		return
 	}
-	top, err := ParseLSN(instances[primary].CurrentLSN)
+	top, err := statusapi.ParseLSN(instances[primary].CurrentLSN)
 	if err != nil {
 		return
 	}
@@ -318,7 +320,7 @@ func ComputeLag(instances []InstanceReport, leaseHolder string) {
 		if i == primary || !in.Reachable || in.StatusRole != roleReplica || in.ReplayLSN == "" {
 			continue
 		}
-		replay, err := ParseLSN(in.ReplayLSN)
+		replay, err := statusapi.ParseLSN(in.ReplayLSN)
 		if err != nil {
 			continue
 		}
@@ -337,20 +339,6 @@ func LagBytes(primary, replay uint64) int64 {
 		return 1<<63 - 1
 	}
 	return int64(d)
-}
-
-// ParseLSN parses PostgreSQL's textual LSN "X/Y" (two hexadecimal 32-bit halves).
-func ParseLSN(s string) (uint64, error) {
-	hi, lo, ok := strings.Cut(s, "/")
-	if !ok {
-		return 0, fmt.Errorf("invalid LSN %q", s)
-	}
-	h, err1 := strconv.ParseUint(hi, 16, 32)
-	l, err2 := strconv.ParseUint(lo, 16, 32)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("invalid LSN %q", s)
-	}
-	return h<<32 | l, nil
 }
 
 // clusterEvents returns the latest n Events about the cluster object or its Pods, oldest first.

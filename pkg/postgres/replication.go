@@ -1,6 +1,8 @@
 package postgres
 
 import (
+	"github.com/pgwarden/pgwarden/pkg/statusapi"
+
 	"context"
 	"errors"
 	"fmt"
@@ -34,19 +36,8 @@ func (l *LSN) UnmarshalText(b []byte) error {
 
 // ParseLSN parses PostgreSQL's text form of a pg_lsn, "16/B374D848".
 func ParseLSN(s string) (LSN, error) {
-	hi, lo, ok := strings.Cut(s, "/")
-	if !ok {
-		return 0, fmt.Errorf("cannot parse LSN %q: no slash", s)
-	}
-	h, err := strconv.ParseUint(hi, 16, 32)
-	if err != nil {
-		return 0, fmt.Errorf("cannot parse LSN %q: %w", s, err)
-	}
-	w, err := strconv.ParseUint(lo, 16, 32)
-	if err != nil {
-		return 0, fmt.Errorf("cannot parse LSN %q: %w", s, err)
-	}
-	return LSN(h<<32 | w), nil
+	v, err := statusapi.ParseLSN(s)
+	return LSN(v), err
 }
 
 // parseNullLSN parses a pg_lsn selected as text; NULL gives 0.

@@ -4,7 +4,12 @@
 // dependencies so that every reader can import it cheaply.
 package statusapi
 
-import "time"
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
 
 // Port is the instance manager's probes and status port (--status-addr :8000).
 const Port = 8000
@@ -41,4 +46,22 @@ type Status struct {
 	ReplayLagSeconds *float64 `json:"replayLagSeconds,omitempty"`
 	// MeasuredAt is when the server state above was read.
 	MeasuredAt *time.Time `json:"measuredAt,omitempty"`
+}
+
+// ParseLSN parses the text form of a WAL position as PostgreSQL prints it and
+// /status carries it: two hexadecimal 32-bit halves, "16/B374D848".
+func ParseLSN(s string) (uint64, error) {
+	hi, lo, ok := strings.Cut(s, "/")
+	if !ok {
+		return 0, fmt.Errorf("cannot parse LSN %q: no slash", s)
+	}
+	h, err := strconv.ParseUint(hi, 16, 32)
+	if err != nil {
+		return 0, fmt.Errorf("cannot parse LSN %q: %w", s, err)
+	}
+	l, err := strconv.ParseUint(lo, 16, 32)
+	if err != nil {
+		return 0, fmt.Errorf("cannot parse LSN %q: %w", s, err)
+	}
+	return h<<32 | l, nil
 }
