@@ -3,6 +3,10 @@
 # If the node is not up, it brings it up, and afterwards down again and checks that the host is as
 # it was before; a node that was already up is used and stays up. Prints "NAME: PASS" or
 # "NAME: FAIL" last. Used by make testbed-selftest and make e2e-node.
+#
+# One node test bed per host: runs from several checkouts queue on a host-wide lock. With
+# PGWARDEN_NODE_WAIT=SECONDS (default 0: fail at once) a run waits that long for the lock and for
+# a node that another checkout brought up by hand (make testbed-up, make demo) to go down.
 set -euo pipefail
 
 [ $# -ge 2 ] || { echo "usage: with-node.sh NAME COMMAND..." >&2; exit 2; }
@@ -17,7 +21,7 @@ snapshot=$(mktemp)
 finish() {
   local rc=$?
   if [ $brought_up = 1 ]; then
-    "$HERE/node.sh" down || rc=1
+    "$HERE/node.sh" down 9>&- || rc=1
     "$HERE/hostcheck.sh" compare "$snapshot" || rc=1
   fi
   rm -f "$snapshot"
@@ -29,9 +33,24 @@ trap finish EXIT
 if [ -f "$TB/up.done" ]; then
   echo "$name: using the running node (it stays up)"
 else
+  wait_s=${PGWARDEN_NODE_WAIT:-0}
+  deadline=$((SECONDS + wait_s))
+  exec 9>"${TESTBED_QUEUE_FILE:-/run/pgwarden-testbed.queue}"
+  if ! flock -w "$wait_s" 9; then
+    echo "$name: another checkout's test is using the node test bed (waited ${wait_s}s; set PGWARDEN_NODE_WAIT to wait longer)" >&2
+    exit 1
+  fi
+  owner_file=${TESTBED_OWNER_FILE:-/run/pgwarden-testbed.owner}
+  while o=$(cat "$owner_file" 2>/dev/null || true); [ -n "$o" ] && [ "$o" != "$TB" ] && [ -d "$o" ]; do
+    if [ $SECONDS -ge $deadline ]; then
+      echo "$name: the node test bed of $o holds this host (waited ${wait_s}s; set PGWARDEN_NODE_WAIT to wait longer)" >&2
+      exit 1
+    fi
+    sleep 5
+  done
   "$HERE/hostcheck.sh" snapshot "$snapshot"
   brought_up=1
-  "$HERE/node.sh" up
+  "$HERE/node.sh" up 9>&-
 fi
 cd "$ROOT"
-"$@"
+"$@" 9>&-
