@@ -113,6 +113,11 @@ func (r *Reconciler) updateObservedStatus(c *pgv1.PostgresCluster, pods map[stri
 		case ready < c.Spec.Instances || int32(len(pods)) != c.Spec.Instances:
 			phase = pgv1.PhaseDegraded
 			reason = fmt.Sprintf("%d of %d instances ready", ready, c.Spec.Instances)
+			if before.Phase == pgv1.PhaseCreating || before.Phase == "" {
+				// A new cluster whose replicas are still being cloned is not degraded: it
+				// stays Creating until it has been Healthy once.
+				phase = pgv1.PhaseCreating
+			}
 			if len(problems) > 0 {
 				reason += ": " + strings.Join(problems, "; ")
 			}
