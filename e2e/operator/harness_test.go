@@ -340,8 +340,63 @@ func kubeletNotReady(t *testing.T, c client.Client, ns, name string) {
 	}
 }
 
-// holdLease makes holder the primary Lease's holder, as the instance would.
+// renewers are the background renewals started by holdLease, by namespace/cluster.
+var renewers sync.Map
+
+type renewer struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// stopRenewing stops the renewal of the cluster's Lease started by holdLease, as when its holder
+// dies or is cut off, and returns once it has stopped.
+func stopRenewing(ns, cluster string) {
+	if v, ok := renewers.LoadAndDelete(ns + "/" + cluster); ok {
+		r := v.(*renewer)
+		r.cancel()
+		<-r.done
+	}
+}
+
+// holdLease makes holder the primary Lease's holder and keeps renewing it every 2 s, as the
+// instance would, until stopRenewing, the next holdLease, or someone else takes or breaks the
+// Lease (or the API server goes away at the end of the test).
 func holdLease(t *testing.T, c client.Client, ns, cluster, holder string) {
+	t.Helper()
+	stopRenewing(ns, cluster)
+	setLease(t, c, ns, cluster, holder)
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &renewer{cancel: cancel, done: make(chan struct{})}
+	renewers.Store(ns+"/"+cluster, r)
+	go func() {
+		defer close(r.done)
+		tick := time.NewTicker(2 * time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			l := &coordinationv1.Lease{}
+			if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: roles.LeaseName(cluster)}, l); err != nil {
+				if ctx.Err() == nil && !apierrors.IsNotFound(err) {
+					return // the API server is gone: the test is over
+				}
+				continue
+			}
+			if l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity != holder {
+				return // taken or broken: a real holder would fence itself now
+			}
+			now := metav1.NewMicroTime(time.Now())
+			l.Spec.RenewTime = &now
+			_ = c.Update(ctx, l) // a conflict is retried at the next tick
+		}
+	}()
+}
+
+// setLease writes holder into the primary Lease once, with the renew time now.
+func setLease(t *testing.T, c client.Client, ns, cluster, holder string) {
 	t.Helper()
 	ctx := context.Background()
 	now := metav1.NewMicroTime(time.Now())

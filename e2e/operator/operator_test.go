@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -77,6 +78,16 @@ func TestLifecycle(t *testing.T) {
 	})
 	if pc.Status.CurrentPrimary != "demo-1" || !meta.IsStatusConditionTrue(pc.Status.Conditions, pgv1.ConditionReady) {
 		t.Fatalf("healthy: %+v", pc.Status)
+	}
+	// A new cluster goes from Creating to Healthy; it is not Degraded while its replicas start.
+	var el corev1.EventList
+	if err := c.List(ctx, &el, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range el.Items {
+		if e.Reason == "PhaseDegraded" {
+			t.Errorf("a new cluster was reported Degraded before it was first Healthy: %s", e.Message)
+		}
 	}
 
 	step(t, "failover when the primary pod is deleted", func(t *testing.T) {
@@ -236,6 +247,47 @@ func TestLifecycle(t *testing.T) {
 		waitPhase(t, c, ns, name, pgv1.PhaseHealthy, func(pc *pgv1.PostgresCluster) (bool, string) {
 			return pc.Status.ReadyInstances == 2 && len(pc.Status.InstancesStatus) == 2, fmt.Sprintf("%+v", pc.Status.InstancesStatus)
 		})
+	})
+
+	step(t, "failover when the primary's Lease expires, not before, and soon after", func(t *testing.T) {
+		// The primary's pod stays Ready and its container running (a partition from the API
+		// server looks like this from the operator): only the Lease tells.
+		pc := getCluster(t, c, ns, name)
+		primary, other := pc.Status.CurrentPrimary, "demo-1"
+		if primary == "demo-1" {
+			other = "demo-2"
+		}
+		inst.set(other, replicaStatus("0/A000000"))
+		stopRenewing(ns, name)
+		l := &coordinationv1.Lease{}
+		if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: roles.LeaseName(name)}, l); err != nil {
+			t.Fatal(err)
+		}
+		if l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity != primary || l.Spec.RenewTime == nil {
+			t.Fatalf("Lease before the test: %+v", l.Spec)
+		}
+		expires := l.Spec.RenewTime.Add(time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second)
+		// The decision must come after the Lease expired, and without waiting for a periodic
+		// resync: within half of one (5 s) of the expiry plus the clock allowance (1 s).
+		deadline := expires.Add(6 * time.Second)
+		for {
+			pc := getCluster(t, c, ns, name)
+			now := time.Now()
+			if pc.Status.TargetPrimary != primary {
+				if now.Before(expires) {
+					t.Fatalf("failover to %s at %s, before the Lease expired at %s", pc.Status.TargetPrimary, now.Format(time.RFC3339Nano), expires.Format(time.RFC3339Nano))
+				}
+				t.Logf("failover decided %v after the Lease expired", now.Sub(expires).Round(time.Millisecond))
+				break
+			}
+			if now.After(deadline) {
+				t.Fatalf("no failover %v after the Lease expired (phase %s: %s)", now.Sub(expires).Round(time.Millisecond), pc.Status.Phase, pc.Status.PhaseReason)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		waitEvent(t, c, ns, "PrimaryFailing", "expired")
+		waitPod(t, c, ns, other, roles.RolePrimary)
+		waitPod(t, c, ns, primary, roles.RoleReplica)
 	})
 }
 

@@ -115,8 +115,12 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.
 		return ctrl.Result{}, err
 	}
 	if out.phase == "" && secretsOK {
+		steady := out.requeue // when to judge the primary's Lease again
 		if out, err = r.rollingUpdate(ctx, c, pods, statuses); err != nil {
 			return ctrl.Result{}, err
+		}
+		if steady > 0 && (out.requeue == 0 || steady < out.requeue) {
+			out.requeue = steady
 		}
 	}
 	r.updateObservedStatus(c, pods, pvcs, statuses, before, secretsOK, out)

@@ -18,8 +18,11 @@ import (
 
 // leaseSkew is added to a Lease's duration before the operator calls it expired: the renew
 // time was written by another machine's clock. Expiry only starts a failover; the instances'
-// own Lease protocol (which never trusts remote timestamps) keeps two primaries from writing.
-const leaseSkew = 5 * time.Second
+// own Lease protocol (which never trusts remote timestamps) keeps two primaries from writing, so
+// the allowance is for clocks kept by NTP, not for safety. The operator looks again exactly when
+// the Lease would expire, so a partitioned primary is replaced about one lease duration after its
+// last renewal rather than at the next periodic resync.
+const leaseSkew = time.Second
 
 // outcome is what reconcileRoles decided about the phase; an empty phase means "steady": the
 // phase follows from the instances' readiness.
@@ -58,7 +61,8 @@ func (r *Reconciler) reconcileRoles(ctx context.Context, c *pgv1.PostgresCluster
 	default:
 		var failing bool
 		var why string
-		failing, why, err = r.primaryFailing(ctx, c, pods[st.TargetPrimary])
+		var expires time.Time
+		failing, why, expires, err = r.primaryFailing(ctx, c, pods[st.TargetPrimary])
 		if err != nil {
 			return outcome{}, err
 		}
@@ -71,6 +75,9 @@ func (r *Reconciler) reconcileRoles(ctx context.Context, c *pgv1.PostgresCluster
 			r.event(c, pods[st.TargetPrimary], corev1.EventTypeNormal, "PrimaryRecovered", "primary %s is healthy again; no failover", st.TargetPrimary)
 		}
 		out, err = r.handleSwitchoverRequests(ctx, c, pods)
+		if wait := expires.Sub(r.now()); !expires.IsZero() && out.requeue == 0 && wait < steadyResync {
+			out.requeue = max(wait, 10*time.Millisecond) // judge the Lease when it would expire
+		}
 	}
 	if err != nil {
 		return outcome{}, err
@@ -119,17 +126,18 @@ func podGone(p *corev1.Pod, name string) string {
 	return containerNotRunning(p)
 }
 
-// primaryFailing says whether the established primary is failing, and why.
-func (r *Reconciler) primaryFailing(ctx context.Context, c *pgv1.PostgresCluster, p *corev1.Pod) (bool, string, error) {
+// primaryFailing says whether the established primary is failing, and why; for a healthy
+// primary, when its Lease would expire if it were not renewed (zero if unknown).
+func (r *Reconciler) primaryFailing(ctx context.Context, c *pgv1.PostgresCluster, p *corev1.Pod) (bool, string, time.Time, error) {
 	if why := podGone(p, c.Status.TargetPrimary); why != "" {
-		return true, why, nil
+		return true, why, time.Time{}, nil
 	}
 	if !podReady(p) {
-		return true, fmt.Sprintf("pod %s is not ready", p.Name), nil
+		return true, fmt.Sprintf("pod %s is not ready", p.Name), time.Time{}, nil
 	}
 	lease, err := r.getLease(ctx, c)
 	if err != nil || lease == nil {
-		return false, "", err // no Lease: nothing to judge by (the holder re-creates a deleted one)
+		return false, "", time.Time{}, err // no Lease: nothing to judge by (the holder re-creates a deleted one)
 	}
 	holder := ""
 	if lease.Spec.HolderIdentity != nil {
@@ -137,16 +145,17 @@ func (r *Reconciler) primaryFailing(ctx context.Context, c *pgv1.PostgresCluster
 	}
 	switch {
 	case holder == "":
-		return true, fmt.Sprintf("the primary Lease %s has no holder", lease.Name), nil
+		return true, fmt.Sprintf("the primary Lease %s has no holder", lease.Name), time.Time{}, nil
 	case holder != p.Name:
-		return true, fmt.Sprintf("the primary Lease %s is held by %s, not %s", lease.Name, holder, p.Name), nil
+		return true, fmt.Sprintf("the primary Lease %s is held by %s, not %s", lease.Name, holder, p.Name), time.Time{}, nil
 	case lease.Spec.RenewTime != nil && lease.Spec.LeaseDurationSeconds != nil:
 		expires := lease.Spec.RenewTime.Add(time.Duration(*lease.Spec.LeaseDurationSeconds)*time.Second + leaseSkew)
 		if r.now().After(expires) {
-			return true, fmt.Sprintf("the primary Lease %s expired (last renewed %s)", lease.Name, lease.Spec.RenewTime.UTC().Format(time.RFC3339)), nil
+			return true, fmt.Sprintf("the primary Lease %s expired (last renewed %s)", lease.Name, lease.Spec.RenewTime.UTC().Format(time.RFC3339Nano)), time.Time{}, nil
 		}
+		return false, "", expires, nil
 	}
-	return false, "", nil
+	return false, "", time.Time{}, nil
 }
 
 // handleFailingPrimary waits failover.delay, then fails over, unless failover is disabled.
