@@ -79,7 +79,7 @@ func (p *Prober) evaluate(pr probe) error {
 			return errNotStarted
 		}
 	case probeLiveness:
-		if !st.verdict.Answered() {
+		if !st.verdict.Answered() && p.livenessExempt() == "" {
 			return errNoResponse
 		}
 	case probeReadiness:

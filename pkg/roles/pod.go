@@ -26,6 +26,9 @@ type Desired struct {
 	// ResourceVersion and UID are those of the Pod object this view was taken from.
 	ResourceVersion string
 	UID             types.UID
+	// Fenced is the last valid value of annotation pgwarden.io/fenced (false until one is seen,
+	// and when the annotation is removed).
+	Fenced bool
 	// PodIP is the Pod's status.podIP, empty until the kubelet reports it.
 	PodIP string
 	// Deleting is true once the Pod has a deletionTimestamp (it is being terminated).
@@ -51,12 +54,14 @@ type PodWatcher struct {
 	log       *slog.Logger
 	updates   chan Desired
 
-	mu       sync.Mutex
-	started  bool
-	current  Desired
-	seen     bool   // current is valid: the Pod has been seen at least once
-	raw      string // the annotation's last raw value
-	rawFound bool   // whether the annotation was present last time
+	mu            sync.Mutex
+	started       bool
+	current       Desired
+	seen          bool   // current is valid: the Pod has been seen at least once
+	raw           string // the annotation's last raw value
+	rawFound      bool   // whether the annotation was present last time
+	rawFence      string // the fence annotation's last raw value
+	rawFenceFound bool
 }
 
 // NewPodWatcher returns a watcher of Pod namespace/name. recorder receives the InvalidRole
@@ -205,8 +210,23 @@ func (w *PodWatcher) observe(ctx context.Context, pod *corev1.Pod) {
 			next.Role = r
 		}
 	}
+	rawFence, fenceFound := pod.Annotations[FencedAnnotation]
+	changedFence := fenceFound != w.rawFenceFound || rawFence != w.rawFence
+	w.rawFence, w.rawFenceFound = rawFence, fenceFound
+	fenced, invalidFence := ParseFenced(rawFence, fenceFound)
+	if invalidFence == nil {
+		next.Fenced = fenced
+	}
 	w.publishLocked(next)
 	w.mu.Unlock()
+
+	if invalidFence != nil && changedFence {
+		w.log.Warn("ignoring invalid fence annotation; the last valid value stays in force",
+			"annotation", FencedAnnotation, "value", rawFence, "fenced", next.Fenced)
+		w.recorder.Eventf(ctx, corev1.EventTypeWarning, ReasonInvalidFence,
+			"Ignoring annotation %s=%q: valid values are \"true\" and \"false\"; the instance stays %s",
+			FencedAnnotation, rawFence, fencedWord(next.Fenced))
+	}
 
 	// Reported once each time the annotation takes a bad value, not on every later update or
 	// resync of the Pod that still carries it.
@@ -242,7 +262,7 @@ func (w *PodWatcher) publishLocked(next Desired) {
 	if !changed {
 		return
 	}
-	w.log.Info("own pod changed", "desiredRole", next.Role.String(), "podIP", next.PodIP,
+	w.log.Info("own pod changed", "desiredRole", next.Role.String(), "fenced", next.Fenced, "podIP", next.PodIP,
 		"deleting", next.Deleting, "gone", next.Gone)
 	select {
 	case <-w.updates:
@@ -274,4 +294,11 @@ func (w *PodWatcher) SetObservedRole(ctx context.Context, role Role) error {
 	}
 	w.log.Info("observed role label set", "label", ObservedRoleLabel, "role", role.String())
 	return nil
+}
+
+func fencedWord(f bool) string {
+	if f {
+		return "fenced"
+	}
+	return "not fenced"
 }
