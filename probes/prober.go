@@ -527,13 +527,15 @@ func (p *Prober) readyErr(st state) error {
 	if err := p.staleErr(st); err != nil {
 		return err
 	}
-	if st.queryErr != nil {
-		return st.queryErr
-	}
+	// The gate speaks first: it knows why postgres is down on purpose (fenced,
+	// stopping), which says more than the failed query it causes.
 	if g := p.gate.Load(); g != nil {
 		if err := (*g)(); err != nil {
 			return fmt.Errorf("readiness gate: %w", err)
 		}
+	}
+	if st.queryErr != nil {
+		return st.queryErr
 	}
 	return nil
 }

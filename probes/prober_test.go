@@ -168,9 +168,12 @@ func TestProberPrimary(t *testing.T) {
 		if s.CurrentLSN == 0 || time.Since(s.MeasuredAt) > 2*time.Second || s.MeasuredAt.After(s.CheckedAt) {
 			t.Errorf("current LSN %v measured at %v (checked at %v)", s.CurrentLSN, s.MeasuredAt, s.CheckedAt)
 		}
-		want := Snapshot{Verdict: Accepting, Started: true, Ready: true, Timeline: 1}
-		if diff := cmp.Diff(want, s, cmpopts.IgnoreFields(Snapshot{}, "CheckedAt", "MeasuredAt", "CurrentLSN")); diff != "" {
+		want := Snapshot{Verdict: Accepting, Started: true, Ready: true, Timeline: 1, MaxConnections: 30}
+		if diff := cmp.Diff(want, s, cmpopts.IgnoreFields(Snapshot{}, "CheckedAt", "MeasuredAt", "CurrentLSN", "Connections")); diff != "" {
 			t.Errorf("snapshot (-want +got):\n%s", diff)
+		}
+		if s.Connections < 1 || s.Connections > 30 {
+			t.Errorf("%d connections: the prober's own session counts, and there are at most max_connections", s.Connections)
 		}
 	})
 
@@ -292,9 +295,15 @@ func TestProberReplica(t *testing.T) {
 		return s.ReplayLSN >= primaryLSN && s.ReceivedLSN >= primaryLSN
 	})
 	s := p.Snapshot()
-	want := Snapshot{Verdict: Accepting, Started: true, Ready: true, InRecovery: true, Timeline: 1}
-	if diff := cmp.Diff(want, s, cmpopts.IgnoreFields(Snapshot{}, "CheckedAt", "MeasuredAt", "ReceivedLSN", "ReplayLSN")); diff != "" {
+	// Replay has caught up with what was received: the replay lag is 0.
+	zero := 0.0
+	want := Snapshot{Verdict: Accepting, Started: true, Ready: true, InRecovery: true, Timeline: 1, ReplayLagSeconds: &zero}
+	if diff := cmp.Diff(want, s, cmpopts.IgnoreFields(Snapshot{}, "CheckedAt", "MeasuredAt", "ReceivedLSN", "ReplayLSN", "LatestEndLSN",
+		"Connections", "MaxConnections")); diff != "" {
 		t.Errorf("snapshot (-want +got):\n%s", diff)
+	}
+	if s.LatestEndLSN == 0 || s.Connections < 1 || s.MaxConnections < 1 {
+		t.Errorf("streaming replica: latest end LSN %v, connections %d of %d", s.LatestEndLSN, s.Connections, s.MaxConnections)
 	}
 }
 

@@ -81,15 +81,19 @@ func MonitoringExpressions(t testing.TB) map[string]string {
 	}
 	exprs := map[string]string{}
 	var rule struct {
-		Kind string `json:"kind"`
-		Spec struct {
+		APIVersion string         `json:"apiVersion"`
+		Metadata   map[string]any `json:"metadata"`
+		Kind       string         `json:"kind"`
+		Spec       struct {
 			Groups []struct {
 				Name  string `json:"name"`
 				Rules []struct {
-					Alert  string            `json:"alert"`
-					Record string            `json:"record"`
-					Expr   string            `json:"expr"`
-					Labels map[string]string `json:"labels"`
+					Alert       string            `json:"alert"`
+					Record      string            `json:"record"`
+					Expr        string            `json:"expr"`
+					For         string            `json:"for"`
+					Labels      map[string]string `json:"labels"`
+					Annotations map[string]string `json:"annotations"`
 				} `json:"rules"`
 			} `json:"groups"`
 		} `json:"spec"`
@@ -97,7 +101,7 @@ func MonitoringExpressions(t testing.TB) map[string]string {
 	if err := yaml.UnmarshalStrict(read("deploy/monitoring/prometheusrule.yaml"), &rule); err != nil {
 		t.Fatalf("deploy/monitoring/prometheusrule.yaml: %v", err)
 	}
-	if rule.Kind != "PrometheusRule" || len(rule.Spec.Groups) == 0 {
+	if rule.APIVersion != "monitoring.coreos.com/v1" || rule.Kind != "PrometheusRule" || len(rule.Spec.Groups) == 0 {
 		t.Fatalf("deploy/monitoring/prometheusrule.yaml: kind %q, %d groups", rule.Kind, len(rule.Spec.Groups))
 	}
 	for _, g := range rule.Spec.Groups {
