@@ -207,6 +207,42 @@ func TestPodWatcher(t *testing.T) {
 		}
 	})
 
+	t.Run("Fence", func(t *testing.T) {
+		setFence := func(v any) {
+			e.patchPod(t, "demo-1", map[string]any{"metadata": map[string]any{"annotations": map[string]any{roles.FencedAnnotation: v}}})
+		}
+		fenced := func(f bool) func(roles.Desired) bool { return func(d roles.Desired) bool { return d.Fenced == f } }
+		setFence("true")
+		d := next(t, w, "fenced", fenced(true))
+		if d.Role != roles.RoleReplica {
+			t.Errorf("fencing changed the role: %+v", d)
+		}
+		// Invalid values: one Event each, and the fence stays.
+		for _, v := range []string{"yes", "True", ""} {
+			setFence(v)
+			waitFor(t, 10*time.Second, fmt.Sprintf("an InvalidFence event for %q", v), func() bool {
+				for _, ev := range e.events(t, "demo-1", roles.ReasonInvalidFence) {
+					if strings.Contains(ev.Message, fmt.Sprintf("%s=%q", roles.FencedAnnotation, v)) {
+						return true
+					}
+				}
+				return false
+			})
+			if cur, _ := w.Current(); !cur.Fenced {
+				t.Errorf("after %q the instance is no longer fenced", v)
+			}
+		}
+		setFence("false")
+		next(t, w, "not fenced", fenced(false))
+		setFence("true")
+		next(t, w, "fenced again", fenced(true))
+		setFence(nil) // removing the annotation lifts the fence
+		next(t, w, "not fenced without the annotation", fenced(false))
+		if n := len(e.events(t, "demo-1", roles.ReasonInvalidFence)); n != 3 {
+			t.Errorf("%d InvalidFence events, want 3", n)
+		}
+	})
+
 	t.Run("Deletion", func(t *testing.T) {
 		if err := e.admin.CoreV1().Pods(e.ns).Delete(ctx, "demo-1", metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
