@@ -49,7 +49,7 @@ func newRootCommand(stdout, stderr io.Writer, newEnv envFactory) *cobra.Command 
 	root := &cobra.Command{
 		Use:   "kubectl-pgwarden",
 		Short: "Inspect and operate pgwarden PostgreSQL clusters",
-		Long: "kubectl pgwarden: the status of a pgwarden PostgresCluster and switchovers.\n" +
+		Long: "kubectl pgwarden: the status of a pgwarden PostgresCluster, switchovers and fencing.\n" +
 			"Installed as kubectl-pgwarden on the PATH, it runs as `kubectl pgwarden ...`.",
 		Version:       version.Version,
 		SilenceUsage:  true,
