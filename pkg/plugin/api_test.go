@@ -268,6 +268,7 @@ func TestAgainstAPIServer(t *testing.T) {
 	t.Run("fence", func(t *testing.T) { testFence(t, b) })
 	t.Run("fence refused", func(t *testing.T) { testFenceRefused(t, b) })
 	t.Run("fence timeout and validation", func(t *testing.T) { testFenceTimeoutAndValidation(t, b) })
+	t.Run("fence synchronous", func(t *testing.T) { testFenceSynchronous(t, b) })
 }
 
 // hostIP is a non-loopback IPv4 address of this machine (the API server refuses to proxy to

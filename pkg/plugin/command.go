@@ -147,6 +147,7 @@ func newFenceCommand(stdout io.Writer, cf *connFlags, newEnv envFactory) *cobra.
 	var (
 		output  string
 		timeout time.Duration
+		force   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "fence <cluster> <pod> on|off",
@@ -156,6 +157,8 @@ func newFenceCommand(stdout io.Writer, cf *connFlags, newEnv envFactory) *cobra.
 			"without any failover. A primary is switched over to the best ready replica first and stops once it is a\n" +
 			"replica; if no replica can take over, the operator refuses (Event FenceRefused), the annotation is removed\n" +
 			"again and the command fails: the primary keeps running.\n" +
+			"With synchronous replication, on refuses when fewer ready replicas than spec.replication.synchronous.number\n" +
+			"would be left (every commit would wait); --force fences anyway.\n" +
 			"off: remove the annotation, then wait until the instance is a ready replica streaming from the primary.\n" +
 			"Exits non-zero when the fence is refused or the instance does not get there within --timeout.",
 		Args: cobra.ExactArgs(3),
@@ -175,7 +178,7 @@ func newFenceCommand(stdout io.Writer, cf *connFlags, newEnv envFactory) *cobra.
 			if err != nil {
 				return err
 			}
-			opts := FenceOptions{Timeout: timeout}
+			opts := FenceOptions{Timeout: timeout, Force: force}
 			if output == OutputTable || output == "" {
 				opts.Progress = stdout
 			}
@@ -191,6 +194,7 @@ func newFenceCommand(stdout io.Writer, cf *connFlags, newEnv envFactory) *cobra.
 	f := cmd.Flags()
 	f.StringVarP(&output, "output", "o", OutputTable, "output format: table (progress lines), json or yaml (the result at the end)")
 	f.DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for the instance to stop (on) or stream again (off)")
+	f.BoolVar(&force, "force", false, "fence even if too few synchronous standbys would be left")
 	return cmd
 }
 

@@ -41,6 +41,8 @@ type FenceResult struct {
 // FenceOptions configure Fence.
 type FenceOptions struct {
 	Timeout time.Duration
+	// Force fences even when too few synchronous standbys would be left (commits would wait).
+	Force bool
 	// Progress receives one line per milestone as it happens (nil: none).
 	Progress io.Writer
 }
@@ -75,6 +77,11 @@ func (e *Env) Fence(ctx context.Context, cluster, pod string, on bool, opts Fenc
 		return fail(fmt.Errorf("pod %s is being deleted", pod))
 	}
 	res.WasPrimary = on && target.Labels[ObservedRoleLabel] == rolePrimary
+	if on && !opts.Force && target.Annotations[FencedAnnotation] != "true" {
+		if err := e.checkSynchronous(ctx, cluster, pod, res.WasPrimary); err != nil {
+			return fail(err)
+		}
+	}
 
 	have, found := target.Annotations[FencedAnnotation]
 	res.StartedAt = e.now()
@@ -170,6 +177,45 @@ func (e *Env) Fence(ctx context.Context, cluster, pod string, on bool, opts Fenc
 		case <-tick.C:
 		}
 	}
+}
+
+// checkSynchronous refuses a fence that would leave fewer ready replicas than
+// spec.replication.synchronous.number: every commit would wait until the fence is lifted.
+func (e *Env) checkSynchronous(ctx context.Context, cluster, pod string, primary bool) error {
+	if e.Dynamic == nil {
+		return nil
+	}
+	u, err := e.Dynamic.Resource(ClusterResource).Namespace(e.Namespace).Get(ctx, cluster, metav1.GetOptions{})
+	if err != nil {
+		return nil // no spec to check against (the instance alone decides)
+	}
+	var c pgv1.PostgresCluster
+	if runtime.DefaultUnstructuredConverter.FromUnstructured(u.UnstructuredContent(), &c) != nil {
+		return nil
+	}
+	n := int(c.Spec.Replication.Synchronous.Number)
+	if n <= 0 {
+		return nil
+	}
+	pods, err := e.clusterPods(ctx, cluster)
+	if err != nil {
+		return err
+	}
+	left := 0
+	for _, p := range pods {
+		if p.Name != pod && p.DeletionTimestamp == nil && p.Labels[ObservedRoleLabel] == roleReplica && podReady(&p) &&
+			p.Annotations[FencedAnnotation] != "true" {
+			left++
+		}
+	}
+	if primary {
+		left-- // one of them becomes the primary
+	}
+	if left < n {
+		return fmt.Errorf("fencing %s would leave %d ready replica(s) to stream, but spec.replication.synchronous.number is %d: "+
+			"every commit would wait until the fence is lifted; use --force to fence anyway", pod, max(left, 0), n)
+	}
+	return nil
 }
 
 func (e *Env) patchFence(ctx context.Context, pod string, value any) error {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 )
 
@@ -194,5 +195,45 @@ func testFenceTimeoutAndValidation(t *testing.T, b *bed) {
 		if v, ok := b.fenceAnnotation(t, pod); ok {
 			t.Errorf("a refused command annotated %s: %q", pod, v)
 		}
+	}
+}
+
+func testFenceSynchronous(t *testing.T, b *bed) {
+	ctx := context.Background()
+	u := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "pgwarden.io/v1", "kind": "PostgresCluster",
+		"metadata": map[string]any{"name": "fs", "namespace": b.ns},
+		"spec": map[string]any{"instances": int64(3), "storage": map[string]any{"size": "1Gi"},
+			"replication": map[string]any{"synchronous": map[string]any{"number": int64(1)}}},
+	}}
+	if _, err := b.dyn.Resource(ClusterResource).Namespace(b.ns).Create(ctx, u, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	b.createPod(t, "fs", "fs-1", "primary", "10.0.10.1", true)
+	b.createPod(t, "fs", "fs-2", "replica", "10.0.10.2", true)
+	b.createPod(t, "fs", "fs-3", "replica", "10.0.10.3", true)
+	f := &loopbackFetcher{}
+	f.add(t, "fs-2", InstanceStatus{Role: "replica", Phase: "replica", Ready: true, PostmasterPID: 20})
+	// fs-3 is fenced already: fs-2 is the last synchronous standby.
+	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:"true"}}}`, FencedAnnotation)
+	if _, err := b.kube.CoreV1().Pods(b.ns).Patch(ctx, "fs-3", types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, pod := range []string{"fs-2", "fs-1"} {
+		code, _, errOut := b.run(t, f, "fence", "fs", pod, "on")
+		if code == 0 || !strings.Contains(errOut, "fencing "+pod+" would leave 0 ready replica(s) to stream, but spec.replication.synchronous.number is 1") {
+			t.Errorf("fence %s: exit %d, stderr %q", pod, code, errOut)
+		}
+		if v, ok := b.fenceAnnotation(t, pod); ok {
+			t.Errorf("a refused fence annotated %s: %q", pod, v)
+		}
+	}
+	// --force: written (and then waited for, in vain here).
+	code, _, errOut := b.run(t, f, "fence", "fs", "fs-2", "on", "--force", "--timeout", "300ms")
+	if code == 0 || !strings.Contains(errOut, "timed out") {
+		t.Errorf("fence --force: exit %d, stderr %q", code, errOut)
+	}
+	if v, _ := b.fenceAnnotation(t, "fs-2"); v != "true" {
+		t.Errorf("fence --force did not annotate fs-2: %q", v)
 	}
 }
