@@ -75,7 +75,7 @@ func (p *Prober) evaluate(pr probe) error {
 	}
 	switch pr {
 	case probeStartup:
-		if !st.started {
+		if !st.started && p.livenessExempt() == "" {
 			return errNotStarted
 		}
 	case probeLiveness:

@@ -219,9 +219,10 @@ func (p *Prober) SetReadinessGate(gate func() error) {
 }
 
 // SetLivenessExemption sets a function that says why postgres is stopped on purpose (a
-// non-empty reason) or "" otherwise. While it gives a reason, liveness passes although the
-// postmaster does not answer: an instance fenced on request keeps postgres stopped and must not
-// be restarted by the kubelet for it. It must return quickly and never block. nil removes it.
+// non-empty reason) or "" otherwise. While it gives a reason, liveness and startup pass although
+// the postmaster does not answer: an instance fenced on request keeps postgres stopped and must
+// not be restarted by the kubelet for it, nor be killed at startup when its container restarts
+// while fenced. It must return quickly and never block. nil removes it.
 func (p *Prober) SetLivenessExemption(exempt func() string) {
 	if exempt == nil {
 		p.exempt.Store(nil)

@@ -10,9 +10,11 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -555,4 +557,26 @@ func TestProberCheckNowAndSuspend(t *testing.T) {
 	p.Resume()
 	p.CheckNow(ctx)
 	assertCode(t, h, ReadinessPath, http.StatusOK)
+}
+
+// TestLivenessExemption: while the owner says postgres is stopped on purpose, startup and
+// liveness pass without a postmaster; readiness still fails; without the reason they fail.
+func TestLivenessExemption(t *testing.T) {
+	dir := t.TempDir()
+	p := New(Config{Network: "unix", Address: filepath.Join(dir, ".s.PGSQL.5432"), Interval: 50 * time.Millisecond,
+		ConnConfig: func(context.Context) (*pgx.ConnConfig, error) { return nil, errors.New("no server") }})
+	startProber(t, p)
+	h := p.Handler()
+	waitChecks(t, p, 1) // the state is fresh: only the missing server fails the probes
+	assertCode(t, h, LivenessPath, http.StatusServiceUnavailable)
+	assertCode(t, h, StartupPath, http.StatusServiceUnavailable)
+	var reason atomic.Value
+	reason.Store("fenced on request")
+	p.SetLivenessExemption(func() string { return reason.Load().(string) })
+	assertCode(t, h, LivenessPath, http.StatusOK)
+	assertCode(t, h, StartupPath, http.StatusOK)
+	assertCode(t, h, ReadinessPath, http.StatusServiceUnavailable)
+	reason.Store("")
+	assertCode(t, h, LivenessPath, http.StatusServiceUnavailable)
+	assertCode(t, h, StartupPath, http.StatusServiceUnavailable)
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -130,6 +131,32 @@ func TestFenceOnRequest(t *testing.T) {
 	if got := m2.managerPID(); got != pid2 || m2.exited() {
 		t.Fatalf("demo-2's manager changed (PID %d, was %d; exited %v) while fenced", got, pid2, m2.exited())
 	}
+	// The container restarts while fenced, the annotation still invalid ("yes"): the new
+	// process knows no earlier valid value and takes the safe side, fenced. It comes back
+	// without starting postgres, and its startup and liveness probes pass (else the kubelet
+	// would kill it in a loop).
+	if err := syscall.Kill(pid2, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-m2.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("demo-2 did not exit after SIGTERM")
+	}
+	if m2.code != 0 {
+		t.Errorf("demo-2 exit code %d after SIGTERM while fenced, want 0", m2.code)
+	}
+	m2.start()
+	pid2 = m2.managerPID()
+	waitFor(t, 30*time.Second, "demo-2 to come back fenced", m2.fencedStopped)
+	for _, path := range []string{"/startupz", "/healthz"} {
+		if code, body := get(m2.statusAddr, path); code != http.StatusOK {
+			t.Errorf("%s of an instance restarted while fenced: %d %s", path, code, body)
+		}
+	}
+	if m2.findLog("postgres started") != nil {
+		t.Error("the restarted fenced instance started postgres")
+	}
 
 	// Unfenced: it streams again, in place, with what was written meanwhile.
 	began = time.Now()
@@ -158,6 +185,21 @@ func TestFenceOnRequest(t *testing.T) {
 		t.Fatalf("demo-0 stopped being a writable primary on a fence request alone: %v", m0.status())
 	}
 	waitFor(t, 10*time.Second, "a FenceWaiting Event on demo-0", func() bool { return count(c.events(m0.name), roles.ReasonFenceWaiting) == 1 })
+	// Its container restarts meanwhile: it comes back as the primary (still waiting), not fenced.
+	if err := syscall.Kill(m0.managerPID(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-m0.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("demo-0 did not exit after SIGTERM")
+	}
+	m0.start()
+	waitFor(t, 60*time.Second, "demo-0 to be the primary again, its fence still waiting", func() bool {
+		r, _ := m0.status()["fencedReason"].(string)
+		return m0.isPrimary() && strings.Contains(r, "while primary")
+	})
+	waitFor(t, 30*time.Second, "demo-1 to stream from demo-0 again", func() bool { return m1.streamingFrom(m0) })
 	// The operator's part: switch over to demo-1.
 	c.annotate(m0.name, "replica", m1.name, "primary")
 	waitFor(t, 60*time.Second, "demo-1 to be primary", m1.isPrimary)

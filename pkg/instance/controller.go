@@ -332,7 +332,10 @@ func (c *controller) step(ctx context.Context, hold context.Context) time.Durati
 	}
 	switch c.phase() {
 	case phaseRejoining, phaseFenced:
-		if d.Fenced {
+		// A fence asked of the desired primary (it waits for a switchover) does not keep
+		// it from starting as the primary again after a restart: it rejoins normally, and
+		// stops only as a replica.
+		if d.Fenced && want != roles.RolePrimary {
 			if c.sup.PID() != 0 {
 				return fast() // a fence after losing the Lease is still stopping postgres
 			}

@@ -62,6 +62,7 @@ type PodWatcher struct {
 	rawFound      bool   // whether the annotation was present last time
 	rawFence      string // the fence annotation's last raw value
 	rawFenceFound bool
+	fenceKnown    bool // a valid fence value (or no annotation) has been seen
 }
 
 // NewPodWatcher returns a watcher of Pod namespace/name. recorder receives the InvalidRole
@@ -214,8 +215,14 @@ func (w *PodWatcher) observe(ctx context.Context, pod *corev1.Pod) {
 	changedFence := fenceFound != w.rawFenceFound || rawFence != w.rawFence
 	w.rawFence, w.rawFenceFound = rawFence, fenceFound
 	fenced, invalidFence := ParseFenced(rawFence, fenceFound)
-	if invalidFence == nil {
-		next.Fenced = fenced
+	switch {
+	case invalidFence == nil:
+		next.Fenced, w.fenceKnown = fenced, true
+	case !w.fenceKnown:
+		// Just started, and the first value seen is invalid: the last valid one is unknown
+		// (perhaps "true" before a restart). Fenced is the safe side: a replica stays stopped,
+		// a primary keeps running until it is switched over.
+		next.Fenced = true
 	}
 	w.publishLocked(next)
 	w.mu.Unlock()

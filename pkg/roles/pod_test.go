@@ -100,7 +100,7 @@ func role(r roles.Role) func(roles.Desired) bool {
 
 func TestPodWatcher(t *testing.T) {
 	api := testbed.StartAPI(t)
-	e := newEnv(t, api, "pods", "demo", "demo-1")
+	e := newEnv(t, api, "pods", "demo", "demo-1", "demo-3")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	pod := e.createPod(t, "demo-1", nil)
@@ -205,6 +205,19 @@ func TestPodWatcher(t *testing.T) {
 		if d.Role != roles.RoleReplica {
 			t.Errorf("role %s after an IP change, want replica", d.Role)
 		}
+	})
+
+	t.Run("InvalidFenceAtStart", func(t *testing.T) {
+		// A watcher that starts on a Pod whose fence annotation is invalid knows no earlier
+		// valid value: it takes the safe side, fenced, until a valid value arrives.
+		e.createPod(t, "demo-3", map[string]string{roles.FencedAnnotation: "yes"})
+		w3 := e.startWatcher(t, "demo-3")
+		d := next(t, w3, "the first state", func(roles.Desired) bool { return true })
+		if !d.Fenced {
+			t.Errorf("first state %+v: want fenced", d)
+		}
+		e.patchPod(t, "demo-3", map[string]any{"metadata": map[string]any{"annotations": map[string]any{roles.FencedAnnotation: "false"}}})
+		next(t, w3, "not fenced", func(d roles.Desired) bool { return !d.Fenced })
 	})
 
 	t.Run("Fence", func(t *testing.T) {

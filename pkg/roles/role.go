@@ -32,7 +32,8 @@ const (
 	HolderIPAnnotation = "pgwarden.io/holder-ip"
 	// FencedAnnotation on the instance's Pod asks the instance to stop PostgreSQL and keep it
 	// stopped ("true") or to run it again ("false", or no annotation). Written by users, usually
-	// through `kubectl pgwarden fence`.
+	// through `kubectl pgwarden fence`. An invalid value changes nothing: the last valid value
+	// stays in force, and an instance that starts with an invalid value takes it as "true".
 	FencedAnnotation = "pgwarden.io/fenced"
 )
 
