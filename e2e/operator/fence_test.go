@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -14,7 +12,6 @@ import (
 
 	pgv1 "github.com/pgwarden/pgwarden/api/v1"
 	"github.com/pgwarden/pgwarden/e2e/internal/harness"
-	"github.com/pgwarden/pgwarden/e2e/testbed"
 	"github.com/pgwarden/pgwarden/pkg/operator"
 	"github.com/pgwarden/pgwarden/pkg/roles"
 )
@@ -206,21 +203,4 @@ func TestFence(t *testing.T) {
 		_, body := httpGet(addr, "/metrics")
 		return !strings.Contains(body, `cluster="demo",namespace="fence"`), "still there"
 	})
-}
-
-// TestMonitoringKustomize: deploy/monitoring builds with kustomize into the PodMonitors, the
-// PrometheusRule and the dashboard ConfigMap.
-func TestMonitoringKustomize(t *testing.T) {
-	kubectl := testbed.Binary(t, "kubectl")
-	out, err := exec.Command(kubectl, "kustomize", filepath.Join(moduleRoot(t), "deploy", "monitoring")).CombinedOutput()
-	if err != nil {
-		t.Fatalf("kubectl kustomize deploy/monitoring: %v\n%s", err, out)
-	}
-	for _, want := range []string{"kind: PrometheusRule", "name: pgwarden-instances", "name: pgwarden-operator",
-		"name: pgwarden-dashboard", "grafana_dashboard: \"1\"", "pgwarden.json: |", "namespace: pgwarden-system"} {
-		if !strings.Contains(string(out), want) {
-			t.Errorf("kustomize output lacks %q", want)
-		}
-	}
-	harness.MonitoringExpressions(t)
 }
