@@ -111,3 +111,21 @@ func BenchmarkHealthz(b *testing.B) {
 	b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds()), "p99-ns")
 	b.ReportMetric(float64(len(lat)), "calls")
 }
+
+// BenchmarkStatusQuery: one status query (readiness, /status and the instance metrics: role,
+// timeline, LSNs, replay lag, connections) on the prober's kept connection to a primary: the
+// whole per-check cost on the server, whatever the scrape rate.
+func BenchmarkStatusQuery(b *testing.B) {
+	c := newCluster(b)
+	c.startAndWait(b)
+	p := New(Config{Network: "unix", Address: c.SocketPath(), ConnConfig: c.tcpConnConfig(testPassword)})
+	defer p.closeConn(context.Background())
+	for b.Loop() {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		_, err := p.queryStatus(ctx)
+		cancel()
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -91,6 +91,19 @@ type Snapshot struct {
 	ReceivedLSN, ReplayLSN LSN
 	// PendingRestart: some setting in pg_settings waits for a restart.
 	PendingRestart bool
+	// LatestEndLSN is, on a replica, the last WAL position its upstream reported to the WAL
+	// receiver (pg_stat_wal_receiver.latest_end_lsn): the primary's end of WAL as last heard.
+	// Zero on a primary and on a replica without a WAL receiver.
+	LatestEndLSN LSN
+	// ReplayLagSeconds is, on a replica, how far replay is behind in time: 0 when everything
+	// received has been replayed, else now() minus pg_last_xact_replay_timestamp() (the commit
+	// time of the last replayed transaction, on the primary's clock), at least 0. Nil on a
+	// primary, on a replica that never received WAL by streaming, and while no transaction
+	// was replayed since the server started.
+	ReplayLagSeconds *float64
+	// Connections counts client backends in pg_stat_activity (the prober's own session
+	// included; WAL senders and background workers not); MaxConnections is max_connections.
+	Connections, MaxConnections int
 }
 
 // Prober checks PostgreSQL in the background and serves probes from the result.
@@ -106,6 +119,7 @@ type Prober struct {
 
 	running   atomic.Bool
 	gate      atomic.Pointer[func() error]
+	exempt    atomic.Pointer[func() string]
 	suspended atomic.Bool
 	// kick asks the running loop for a check now; each request carries a
 	// channel closed once that check is stored.
@@ -138,6 +152,9 @@ type serverStatus struct {
 	timeline                           uint32
 	currentLSN, receivedLSN, replayLSN LSN
 	pendingRestart                     bool
+	latestEndLSN                       LSN
+	replayLag                          *float64
+	connections, maxConnections        int
 }
 
 // New returns a Prober; it checks nothing until Start.
@@ -199,6 +216,27 @@ func (p *Prober) SetReadinessGate(gate func() error) {
 		return
 	}
 	p.gate.Store(&gate)
+}
+
+// SetLivenessExemption sets a function that says why postgres is stopped on purpose (a
+// non-empty reason) or "" otherwise. While it gives a reason, liveness and startup pass although
+// the postmaster does not answer: an instance fenced on request keeps postgres stopped and must
+// not be restarted by the kubelet for it, nor be killed at startup when its container restarts
+// while fenced. It must return quickly and never block. nil removes it.
+func (p *Prober) SetLivenessExemption(exempt func() string) {
+	if exempt == nil {
+		p.exempt.Store(nil)
+		return
+	}
+	p.exempt.Store(&exempt)
+}
+
+// livenessExempt returns the exemption's reason, or "".
+func (p *Prober) livenessExempt() string {
+	if e := p.exempt.Load(); e != nil {
+		return (*e)()
+	}
+	return ""
 }
 
 // ResetStartup forgets that the postmaster answered: call it when the
@@ -340,7 +378,10 @@ func (p *Prober) store(gen uint64, verdict Verdict, status serverStatus, queryEr
 // statusQuery collects readiness and /status in one round trip. The recovery
 // flag is read once (OFFSET 0 keeps the planner from inlining it) so that a
 // promotion during the query cannot make it call a primary-only function in
-// recovery or mix the two roles. A replica's timeline is the one its WAL
+// recovery or mix the two roles. The replay lag in seconds is 0 when replay has caught up with
+// what was received, else the age of the last replayed commit (see Snapshot.ReplayLagSeconds);
+// the connection count reads pg_stat_activity, at most max_connections rows, once per check.
+// A replica's timeline is the one its WAL
 // receiver last received on, else the one of its last restartpoint.
 const statusQuery = `SELECT s.r,
   CASE WHEN s.r THEN COALESCE(
@@ -351,7 +392,16 @@ const statusQuery = `SELECT s.r,
   CASE WHEN s.r THEN NULL ELSE pg_catalog.pg_current_wal_lsn()::text END,
   CASE WHEN s.r THEN pg_catalog.pg_last_wal_receive_lsn()::text END,
   CASE WHEN s.r THEN pg_catalog.pg_last_wal_replay_lsn()::text END,
-  EXISTS (SELECT 1 FROM pg_catalog.pg_settings WHERE pending_restart)
+  EXISTS (SELECT 1 FROM pg_catalog.pg_settings WHERE pending_restart),
+  CASE WHEN s.r THEN (SELECT latest_end_lsn::text FROM pg_catalog.pg_stat_wal_receiver) END,
+  CASE WHEN s.r THEN CASE
+      WHEN pg_catalog.pg_last_wal_receive_lsn() IS NULL THEN NULL
+      WHEN pg_catalog.pg_last_wal_receive_lsn() <= pg_catalog.pg_last_wal_replay_lsn() THEN 0
+      WHEN pg_catalog.pg_last_xact_replay_timestamp() IS NULL THEN NULL
+      ELSE GREATEST(0, extract(epoch FROM pg_catalog.now() - pg_catalog.pg_last_xact_replay_timestamp()))::float8
+    END END,
+  (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'client backend'),
+  pg_catalog.current_setting('max_connections')::int
 FROM (SELECT pg_catalog.pg_is_in_recovery() AS r OFFSET 0) s`
 
 // queryStatus runs statusQuery on the kept connection, connecting first if
@@ -367,19 +417,23 @@ func (p *Prober) queryStatus(ctx context.Context) (serverStatus, error) {
 	}
 	password := p.connPassword
 	var (
-		timeline                     int64
-		current, received, replayLSN *string
+		timeline                                int64
+		current, received, replayLSN, latestEnd *string
+		connections                             int64
+		maxConnections                          int32
 	)
-	err := p.conn.QueryRow(ctx, statusQuery).Scan(&st.inRecovery, &timeline, &current, &received, &replayLSN, &st.pendingRestart)
+	err := p.conn.QueryRow(ctx, statusQuery).Scan(&st.inRecovery, &timeline, &current, &received, &replayLSN, &st.pendingRestart,
+		&latestEnd, &st.replayLag, &connections, &maxConnections)
 	if err != nil {
 		p.closeConn(ctx)
 		return st, redact(fmt.Errorf("cannot run the status query: %w", err), password)
 	}
 	st.timeline = uint32(timeline)
+	st.connections, st.maxConnections = int(connections), int(maxConnections)
 	for _, f := range []struct {
 		dst *LSN
 		src *string
-	}{{&st.currentLSN, current}, {&st.receivedLSN, received}, {&st.replayLSN, replayLSN}} {
+	}{{&st.currentLSN, current}, {&st.receivedLSN, received}, {&st.replayLSN, replayLSN}, {&st.latestEndLSN, latestEnd}} {
 		if f.src == nil {
 			continue
 		}
@@ -445,6 +499,13 @@ func (p *Prober) Snapshot() Snapshot {
 		ReceivedLSN:    st.server.receivedLSN,
 		ReplayLSN:      st.server.replayLSN,
 		PendingRestart: st.server.pendingRestart,
+		LatestEndLSN:   st.server.latestEndLSN,
+		Connections:    st.server.connections,
+		MaxConnections: st.server.maxConnections,
+	}
+	if st.server.replayLag != nil {
+		lag := *st.server.replayLag
+		s.ReplayLagSeconds = &lag
 	}
 	s.Stale = p.staleErr(st) != nil
 	s.NotReady = p.readyErr(st)
@@ -467,13 +528,15 @@ func (p *Prober) readyErr(st state) error {
 	if err := p.staleErr(st); err != nil {
 		return err
 	}
-	if st.queryErr != nil {
-		return st.queryErr
-	}
+	// The gate speaks first: it knows why postgres is down on purpose (fenced,
+	// stopping), which says more than the failed query it causes.
 	if g := p.gate.Load(); g != nil {
 		if err := (*g)(); err != nil {
 			return fmt.Errorf("readiness gate: %w", err)
 		}
+	}
+	if st.queryErr != nil {
+		return st.queryErr
 	}
 	return nil
 }

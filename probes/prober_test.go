@@ -10,9 +10,11 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -168,9 +170,12 @@ func TestProberPrimary(t *testing.T) {
 		if s.CurrentLSN == 0 || time.Since(s.MeasuredAt) > 2*time.Second || s.MeasuredAt.After(s.CheckedAt) {
 			t.Errorf("current LSN %v measured at %v (checked at %v)", s.CurrentLSN, s.MeasuredAt, s.CheckedAt)
 		}
-		want := Snapshot{Verdict: Accepting, Started: true, Ready: true, Timeline: 1}
-		if diff := cmp.Diff(want, s, cmpopts.IgnoreFields(Snapshot{}, "CheckedAt", "MeasuredAt", "CurrentLSN")); diff != "" {
+		want := Snapshot{Verdict: Accepting, Started: true, Ready: true, Timeline: 1, MaxConnections: 30}
+		if diff := cmp.Diff(want, s, cmpopts.IgnoreFields(Snapshot{}, "CheckedAt", "MeasuredAt", "CurrentLSN", "Connections")); diff != "" {
 			t.Errorf("snapshot (-want +got):\n%s", diff)
+		}
+		if s.Connections < 1 || s.Connections > 30 {
+			t.Errorf("%d connections: the prober's own session counts, and there are at most max_connections", s.Connections)
 		}
 	})
 
@@ -292,9 +297,15 @@ func TestProberReplica(t *testing.T) {
 		return s.ReplayLSN >= primaryLSN && s.ReceivedLSN >= primaryLSN
 	})
 	s := p.Snapshot()
-	want := Snapshot{Verdict: Accepting, Started: true, Ready: true, InRecovery: true, Timeline: 1}
-	if diff := cmp.Diff(want, s, cmpopts.IgnoreFields(Snapshot{}, "CheckedAt", "MeasuredAt", "ReceivedLSN", "ReplayLSN")); diff != "" {
+	// Replay has caught up with what was received: the replay lag is 0.
+	zero := 0.0
+	want := Snapshot{Verdict: Accepting, Started: true, Ready: true, InRecovery: true, Timeline: 1, ReplayLagSeconds: &zero}
+	if diff := cmp.Diff(want, s, cmpopts.IgnoreFields(Snapshot{}, "CheckedAt", "MeasuredAt", "ReceivedLSN", "ReplayLSN", "LatestEndLSN",
+		"Connections", "MaxConnections")); diff != "" {
 		t.Errorf("snapshot (-want +got):\n%s", diff)
+	}
+	if s.LatestEndLSN == 0 || s.Connections < 1 || s.MaxConnections < 1 {
+		t.Errorf("streaming replica: latest end LSN %v, connections %d of %d", s.LatestEndLSN, s.Connections, s.MaxConnections)
 	}
 }
 
@@ -546,4 +557,26 @@ func TestProberCheckNowAndSuspend(t *testing.T) {
 	p.Resume()
 	p.CheckNow(ctx)
 	assertCode(t, h, ReadinessPath, http.StatusOK)
+}
+
+// TestLivenessExemption: while the owner says postgres is stopped on purpose, startup and
+// liveness pass without a postmaster; readiness still fails; without the reason they fail.
+func TestLivenessExemption(t *testing.T) {
+	dir := t.TempDir()
+	p := New(Config{Network: "unix", Address: filepath.Join(dir, ".s.PGSQL.5432"), Interval: 50 * time.Millisecond,
+		ConnConfig: func(context.Context) (*pgx.ConnConfig, error) { return nil, errors.New("no server") }})
+	startProber(t, p)
+	h := p.Handler()
+	waitChecks(t, p, 1) // the state is fresh: only the missing server fails the probes
+	assertCode(t, h, LivenessPath, http.StatusServiceUnavailable)
+	assertCode(t, h, StartupPath, http.StatusServiceUnavailable)
+	var reason atomic.Value
+	reason.Store("fenced on request")
+	p.SetLivenessExemption(func() string { return reason.Load().(string) })
+	assertCode(t, h, LivenessPath, http.StatusOK)
+	assertCode(t, h, StartupPath, http.StatusOK)
+	assertCode(t, h, ReadinessPath, http.StatusServiceUnavailable)
+	reason.Store("")
+	assertCode(t, h, LivenessPath, http.StatusServiceUnavailable)
+	assertCode(t, h, StartupPath, http.StatusServiceUnavailable)
 }

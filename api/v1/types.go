@@ -268,6 +268,10 @@ type InstanceStatus struct {
 	// ReplayLSN is a replica's replay LSN, from /status.
 	// +optional
 	ReplayLSN string `json:"replayLSN,omitempty"`
+	// Fenced is true while the Pod asks to be fenced (pgwarden.io/fenced=true) or the instance
+	// still reports itself fenced; Message says where the fence stands.
+	// +optional
+	Fenced bool `json:"fenced,omitempty"`
 	// Message says why the instance is not ready (volume pending, image pull, crash loop, ...).
 	// +optional
 	Message string `json:"message,omitempty"`

@@ -362,6 +362,9 @@ func TestPartitionFences(t *testing.T) {
 	waitFor(t, 30*time.Second, "demo-2 to follow demo-1", func() bool { return m2.streamingFrom(m1) })
 	if st := m0.status(); st == nil || st["phase"] != "fenced" || st["postmasterPID"] != float64(0) {
 		t.Errorf("demo-0 while partitioned: %v; want fenced with postgres stopped", st)
+	} else if r, _ := st["fencedReason"].(string); !strings.HasPrefix(r, "primary lease lost: ") || st["fenced"] != nil {
+		// Not a fence on request: fenced (on request) stays unset, the reason names the Lease.
+		t.Errorf("demo-0 while partitioned: fenced %v, fencedReason %q", st["fenced"], r)
 	}
 
 	m0.proxy.Restore()

@@ -52,10 +52,16 @@ const (
 	// immediate shutdown at once. The controller rejoins from here like
 	// from phaseRejoining.
 	phaseFenced
+	// phaseHeld: fenced on request (Pod annotation pgwarden.io/fenced=true).
+	// Postgres was stopped with a fast shutdown (as a replica: a primary is
+	// switched over first) and stays stopped until the annotation is lifted;
+	// then the controller rejoins as a replica. /status shows it as phase
+	// "fenced" with fenced true; liveness passes, readiness fails.
+	phaseHeld
 )
 
 func (p phase) String() string {
-	return [...]string{"starting", "rejoining", "replica", "promoting", "primary", "demoting", "fenced"}[p]
+	return [...]string{"starting", "rejoining", "replica", "promoting", "primary", "demoting", "fenced", "fenced"}[p]
 }
 
 // Timing of the role controller.
@@ -110,6 +116,9 @@ type controller struct {
 	ph       phase
 	since    time.Time // when ph was entered
 	upstream string
+	// fenceNote says why the instance is fenced on request (phaseHeld) or
+	// why a requested fence waits (a primary); "" when no fence is asked.
+	fenceNote string
 
 	// Owned by the loop goroutine.
 	label        roles.Role
@@ -179,6 +188,24 @@ func (c *controller) desired() roles.Desired {
 	return d
 }
 
+// heldReason is why postgres is stopped on request, or "": it is the
+// liveness exemption (the kubelet must not restart a fenced instance) and
+// the readiness answer while fenced.
+func (c *controller) heldReason() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ph != phaseHeld {
+		return ""
+	}
+	return c.fenceNote
+}
+
+func (c *controller) setFenceNote(note string) {
+	c.mu.Lock()
+	c.fenceNote = note
+	c.mu.Unlock()
+}
+
 // readiness is the prober's gate: a primary is ready only while it holds the
 // Lease; a replica (or a replica being promoted) is ready when it answers
 // queries (hot standby: consistent), streaming or not; nothing else is.
@@ -191,6 +218,8 @@ func (c *controller) readiness() error {
 		return nil
 	case phaseReplica, phasePromoting:
 		return nil
+	case phaseHeld:
+		return errors.New(c.heldReason())
 	default:
 		return fmt.Errorf("instance is %s", ph)
 	}
@@ -200,7 +229,12 @@ func (c *controller) fillStatus(st *Status) {
 	st.Mode = "kubernetes"
 	c.mu.Lock()
 	st.Phase, st.Upstream = c.ph.String(), c.upstream
+	st.Fenced, st.FencedReason = c.ph == phaseHeld, c.fenceNote
+	lostFence := c.ph == phaseFenced
 	c.mu.Unlock()
+	if lost := c.fenced.Load(); lostFence && lost != nil && st.FencedReason == "" {
+		st.FencedReason = "primary lease lost: " + lost.Error()
+	}
 	if d, ok := c.kube.watcher.Current(); ok {
 		st.DesiredRole = string(d.Role)
 	}
@@ -291,9 +325,24 @@ func (c *controller) step(ctx context.Context, hold context.Context) time.Durati
 		}
 		return retry
 	}
-	want := c.desired().Role
+	d := c.desired()
+	want := d.Role
+	if !d.Fenced {
+		c.setFenceNote("")
+	}
 	switch c.phase() {
 	case phaseRejoining, phaseFenced:
+		// A fence asked of the desired primary (it waits for a switchover) does not keep
+		// it from starting as the primary again after a restart: it rejoins normally, and
+		// stops only as a replica.
+		if d.Fenced && want != roles.RolePrimary {
+			if c.sup.PID() != 0 {
+				return fast() // a fence after losing the Lease is still stopping postgres
+			}
+			c.holdEnded()
+			c.enterHeld(ctx, "")
+			return retry
+		}
 		done, err := c.rejoin(ctx, hold)
 		if err != nil {
 			if ctx.Err() == nil {
@@ -305,7 +354,23 @@ func (c *controller) step(ctx context.Context, hold context.Context) time.Durati
 			return fast()
 		}
 		return 0 // look again at once: perhaps promote
+	case phaseHeld:
+		if d.Fenced {
+			return retry
+		}
+		c.log.Info("fence lifted: starting postgres again as a replica", "annotation", roles.FencedAnnotation)
+		c.event(corev1.EventTypeNormal, roles.ReasonUnfenced, "Fence lifted (%s): starting postgres again as a replica", roles.FencedAnnotation)
+		c.setPhase(phaseRejoining)
+		return 0
 	case phaseReplica:
+		if d.Fenced {
+			// A fence wins over a promotion: the operator never promotes a
+			// fenced instance, and a user who asks both gets the fence.
+			if err := c.fenceReplica(ctx); err != nil && ctx.Err() == nil {
+				c.log.Error("cannot fence: stopping postgres failed; retrying", "error", err.Error())
+			}
+			return 0
+		}
 		if want == roles.RolePrimary {
 			if err := c.promote(ctx, hold); err != nil && ctx.Err() == nil {
 				c.log.Error("promotion failed; retrying", "error", err.Error())
@@ -336,9 +401,66 @@ func (c *controller) step(ctx context.Context, hold context.Context) time.Durati
 			}
 			return 0
 		}
+		if d.Fenced {
+			c.primaryFenceWaits()
+		}
 		return retry
 	}
 	return retry
+}
+
+// primaryFenceWaits records, once per request, that a primary asked to
+// fence keeps running until it is no longer the primary: stopping it would
+// take the cluster's only writer down. The operator switches over first
+// (or refuses, when no replica can take over).
+func (c *controller) primaryFenceWaits() {
+	const note = "fence requested (pgwarden.io/fenced=true) while primary: postgres keeps running until a switchover makes this instance a replica"
+	c.mu.Lock()
+	first := c.fenceNote != note
+	c.fenceNote = note
+	c.mu.Unlock()
+	if first {
+		c.log.Warn("fence requested while primary: waiting to be switched over before stopping", "annotation", roles.FencedAnnotation)
+		c.event(corev1.EventTypeWarning, roles.ReasonFenceWaiting, "Fence requested while primary: postgres keeps running until the operator switches over to a replica")
+	}
+}
+
+// fenceReplica stops a running replica on request: unlabel (Services stop
+// sending it clients), fast shutdown within --stop-delay, hand on the Lease
+// if it holds it, then phaseHeld.
+func (c *controller) fenceReplica(ctx context.Context) error {
+	began := time.Now()
+	c.setLabel(ctx, roles.RoleNone)
+	step, err := c.sup.Stop(ctx, lifecycle.StepFast, c.o.StopDelay)
+	if err != nil {
+		return err
+	}
+	if l := c.lease.Load(); l != nil && l.IsHeld() {
+		c.stopHold()
+		rctx, cancel := context.WithTimeout(ctx, releaseTimeout)
+		if err := l.Release(rctx, l.Handoff()); err != nil && ctx.Err() == nil {
+			c.log.Warn("cannot release the primary lease held by a fenced replica", "error", err.Error())
+		}
+		cancel()
+	}
+	c.setUpstream("")
+	c.enterHeld(ctx, fmt.Sprintf("%s shutdown in %s", step, time.Since(began).Round(time.Millisecond)))
+	return nil
+}
+
+// enterHeld moves to phaseHeld with postgres stopped; how says how it was
+// stopped ("" when it was not running).
+func (c *controller) enterHeld(ctx context.Context, how string) {
+	note := "fenced on request (pod annotation pgwarden.io/fenced=true): postgres is stopped and stays stopped until the annotation is removed or set to false"
+	c.setFenceNote(note)
+	c.leaveFenced(phaseHeld)
+	c.syncLabel(ctx)
+	go c.prober.CheckNow(context.WithoutCancel(ctx))
+	if how == "" {
+		how = "it was not running"
+	}
+	c.log.Warn("fenced on request: postgres stopped", "annotation", roles.FencedAnnotation, "how", how)
+	c.event(corev1.EventTypeWarning, roles.ReasonFencedStopped, "Fenced on request (%s=true): postgres stopped (%s) and stays stopped", roles.FencedAnnotation, how)
 }
 
 // syncLabel makes the observed-role label match the phase: primary,

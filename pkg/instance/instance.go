@@ -280,6 +280,11 @@ func run(ctx context.Context, hup <-chan struct{}, o Options, base, log *slog.Lo
 	// Between a postmaster's death and the next check, the prober's cached
 	// state would still say ready: the supervisor knows better.
 	prober.SetReadinessGate(func() error {
+		if ctrl != nil {
+			if why := ctrl.heldReason(); why != "" {
+				return errors.New(why)
+			}
+		}
 		if sup.PID() == 0 {
 			return errors.New("postgres is not running")
 		}
@@ -288,6 +293,15 @@ func run(ctx context.Context, hup <-chan struct{}, o Options, base, log *slog.Lo
 		}
 		return nil
 	})
+	// A fenced instance keeps postgres stopped on purpose: liveness must not
+	// make the kubelet restart the container for it.
+	prober.SetLivenessExemption(func() string {
+		if ctrl != nil && sup.PID() == 0 {
+			return ctrl.heldReason()
+		}
+		return ""
+	})
+	reg.MustRegister(&instanceCollector{prober: prober, sup: sup, ctrl: ctrl, now: time.Now})
 
 	// The long-lived parts. Workers stop first, the HTTP servers last. The
 	// role controller takes its decisions with ctx (it stops deciding when

@@ -44,6 +44,12 @@ func statusOf(s probes.Snapshot, pid int) Status {
 				st.ReceivedLSN = s.ReceivedLSN.String()
 			}
 			st.ReplayLSN = s.ReplayLSN.String()
+			// The lag is served only from a check that just succeeded
+			// with postgres running, never carried over from an older one.
+			if s.ReplayLagSeconds != nil && pid != 0 && !s.Stale && s.MeasuredAt.Equal(s.CheckedAt) {
+				lag := *s.ReplayLagSeconds
+				st.ReplayLagSeconds = &lag
+			}
 		} else {
 			st.Role = "primary"
 			st.CurrentLSN = s.CurrentLSN.String()

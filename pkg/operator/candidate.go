@@ -20,6 +20,8 @@ type Candidate struct {
 	Status *InstanceStatus
 	// Err says why Status is nil.
 	Err error
+	// Why says why the candidate is not Usable (optional; "pod not running" when empty).
+	Why string
 }
 
 // NoCandidateError says why no replica can be promoted.
@@ -51,9 +53,15 @@ func ChooseCandidate(cands []Candidate, syncNumber int) (string, error) {
 	for _, c := range cands {
 		switch {
 		case !c.Usable:
-			skipped = append(skipped, c.Name+": pod not running")
+			why := c.Why
+			if why == "" {
+				why = "pod not running"
+			}
+			skipped = append(skipped, c.Name+": "+why)
 		case c.Status == nil:
 			skipped = append(skipped, fmt.Sprintf("%s: no status (%v)", c.Name, c.Err))
+		case c.Status.Fenced:
+			skipped = append(skipped, c.Name+": fenced")
 		case c.Status.Role != "replica":
 			skipped = append(skipped, fmt.Sprintf("%s: reports role %q", c.Name, c.Status.Role))
 		default:

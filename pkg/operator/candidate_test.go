@@ -57,6 +57,15 @@ func TestChooseCandidate(t *testing.T) {
 				{Name: "c-2", Usable: true, Status: replica(1, "", "")},
 				{Name: "c-3", Usable: true, Status: replica(1, "garbage", "")},
 			}, want: ""},
+		{name: "an instance that reports itself fenced is not a candidate",
+			cands: []Candidate{
+				{Name: "c-2", Usable: true, Status: &InstanceStatus{Role: "replica", ReceivedLSN: "0/9000000", Fenced: true}},
+				{Name: "c-3", Usable: true, Status: replica(1, "0/1000000", "")},
+			}, want: "c-3"},
+		{name: "a fenced pod is not usable, whatever its position",
+			cands: []Candidate{
+				{Name: "c-2", Usable: false, Why: "fenced (pgwarden.io/fenced)", Status: replica(1, "0/9000000", "")},
+			}, want: ""},
 		{name: "nobody answers", cands: []Candidate{{Name: "c-2", Usable: true, Err: down}}, want: ""},
 		{name: "no replicas at all", cands: nil, want: ""},
 		{name: "sync ANY 1 of 2: one answer is not enough",

@@ -86,9 +86,13 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.
 
 	c := &pgv1.PostgresCluster{}
 	if err := r.APIReader.Get(ctx, req.NamespacedName, c); err != nil {
+		if apierrors.IsNotFound(err) {
+			forgetCluster(req.Namespace, req.Name)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if c.DeletionTimestamp != nil {
+		forgetCluster(c.Namespace, c.Name)
 		return ctrl.Result{}, nil // owned objects go with it (owner references)
 	}
 	before := c.Status.DeepCopy()

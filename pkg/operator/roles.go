@@ -75,7 +75,10 @@ func (r *Reconciler) reconcileRoles(ctx context.Context, c *pgv1.PostgresCluster
 			r.event(c, pods[st.TargetPrimary], corev1.EventTypeNormal, "PrimaryRecovered", "primary %s is healthy again; no failover", st.TargetPrimary)
 		}
 		out, err = r.handleSwitchoverRequests(ctx, c, pods)
-		if wait := expires.Sub(r.now()); !expires.IsZero() && out.requeue == 0 && wait < steadyResync {
+		if requested, _, _ := fenceRequest(pods[st.TargetPrimary]); err == nil && out.phase == "" && requested {
+			out, err = r.handleFencedPrimary(ctx, c, pods)
+		}
+		if wait := expires.Sub(r.now()); err == nil && !expires.IsZero() && out.requeue == 0 && wait < steadyResync {
 			out.requeue = max(wait, 10*time.Millisecond) // judge the Lease when it would expire
 		}
 	}
@@ -200,8 +203,12 @@ func (r *Reconciler) failover(ctx context.Context, c *pgv1.PostgresCluster, pods
 			continue
 		}
 		p := pods[name]
-		usable := p != nil && podGone(p, name) == ""
-		cands = append(cands, Candidate{Name: name, Usable: usable})
+		why := podGone(p, name)
+		if why == "" && fenceExcluded(p) {
+			why = fmt.Sprintf("fenced (%s)", roles.FencedAnnotation)
+		}
+		usable := why == ""
+		cands = append(cands, Candidate{Name: name, Usable: usable, Why: why})
 		if usable {
 			ask = append(ask, p)
 		}
@@ -360,6 +367,9 @@ func boolCmp(a, b bool) int {
 func switchoverProblem(p *corev1.Pod, name string) string {
 	if why := podGone(p, name); why != "" {
 		return why
+	}
+	if fenceExcluded(p) {
+		return fmt.Sprintf("pod %s is fenced (%s)", name, roles.FencedAnnotation)
 	}
 	if !podReady(p) {
 		return fmt.Sprintf("pod %s is not ready", name)

@@ -67,8 +67,8 @@ func (r *Reconciler) updateObservedStatus(c *pgv1.PostgresCluster, pods map[stri
 		prevMsg[is.Name] = is.Message
 	}
 	var list []pgv1.InstanceStatus
-	var ready int32
-	var problems []string
+	var ready, fencedDown int32
+	var problems, fenced []string
 	for _, name := range instanceNames(c, pods) {
 		p := pods[name]
 		is := pgv1.InstanceStatus{Name: name}
@@ -93,6 +93,19 @@ func (r *Reconciler) updateObservedStatus(c *pgv1.PostgresCluster, pods map[stri
 		if serious && msg != prevMsg[name] {
 			r.event(c, p, corev1.EventTypeWarning, "InstanceProblem", "%s: %s", name, msg)
 		}
+		if p != nil && !serious && p.DeletionTimestamp == nil {
+			sr, ok := statuses[name]
+			if fenceStatus(&is, p, sr, ok) {
+				fencedDown++
+				msg = ""
+			}
+			if is.Fenced {
+				fenced = append(fenced, name)
+			}
+			if _, _, err := fenceRequest(p); err != nil && is.Message != prevMsg[name] {
+				r.event(c, p, corev1.EventTypeWarning, "InvalidFence", "%s: %s; nothing changes", name, is.Message)
+			}
+		}
 		if is.Ready {
 			ready++
 		} else if msg != "" {
@@ -110,7 +123,7 @@ func (r *Reconciler) updateObservedStatus(c *pgv1.PostgresCluster, pods map[stri
 		case !secretsOK:
 			phase = pgv1.PhaseDegraded
 			reason = meta.FindStatusCondition(st.Conditions, pgv1.ConditionSecretsReady).Message
-		case ready < c.Spec.Instances || int32(len(pods)) != c.Spec.Instances:
+		case ready+fencedDown < c.Spec.Instances || int32(len(pods)) != c.Spec.Instances:
 			phase = pgv1.PhaseDegraded
 			reason = fmt.Sprintf("%d of %d instances ready", ready, c.Spec.Instances)
 			if before.Phase == pgv1.PhaseCreating || before.Phase == "" {
@@ -123,6 +136,9 @@ func (r *Reconciler) updateObservedStatus(c *pgv1.PostgresCluster, pods map[stri
 			}
 		default:
 			phase, reason = pgv1.PhaseHealthy, fmt.Sprintf("primary %s and %d replicas ready", st.CurrentPrimary, ready-1)
+		}
+		if len(fenced) > 0 {
+			reason += "; fenced: " + strings.Join(fenced, ", ")
 		}
 	} else if phase == pgv1.PhaseCreating && !secretsOK {
 		reason += "; " + meta.FindStatusCondition(st.Conditions, pgv1.ConditionSecretsReady).Message
@@ -149,4 +165,6 @@ func (r *Reconciler) updateObservedStatus(c *pgv1.PostgresCluster, pods map[stri
 			"automatic failover is disabled by spec.failover.isDisabled; switchover on request still works"
 	}
 	meta.SetStatusCondition(&st.Conditions, af)
+	cp := pods[st.CurrentPrimary]
+	observeCluster(c, cp != nil && cp.DeletionTimestamp == nil && hasRole(cp, roles.RolePrimary) && podReady(cp))
 }

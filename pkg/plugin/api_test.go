@@ -265,6 +265,10 @@ func TestAgainstAPIServer(t *testing.T) {
 	t.Run("promote timeout", func(t *testing.T) { testPromoteTimeout(t, b) })
 	t.Run("promote validation", func(t *testing.T) { testPromoteValidation(t, b) })
 	t.Run("pod proxy", func(t *testing.T) { testPodProxy(t, b) })
+	t.Run("fence", func(t *testing.T) { testFence(t, b) })
+	t.Run("fence refused", func(t *testing.T) { testFenceRefused(t, b) })
+	t.Run("fence timeout and validation", func(t *testing.T) { testFenceTimeoutAndValidation(t, b) })
+	t.Run("fence synchronous", func(t *testing.T) { testFenceSynchronous(t, b) })
 }
 
 // hostIP is a non-loopback IPv4 address of this machine (the API server refuses to proxy to

@@ -49,7 +49,7 @@ func newRootCommand(stdout, stderr io.Writer, newEnv envFactory) *cobra.Command 
 	root := &cobra.Command{
 		Use:   "kubectl-pgwarden",
 		Short: "Inspect and operate pgwarden PostgreSQL clusters",
-		Long: "kubectl pgwarden: the status of a pgwarden PostgresCluster and switchovers.\n" +
+		Long: "kubectl pgwarden: the status of a pgwarden PostgresCluster, switchovers and fencing.\n" +
 			"Installed as kubectl-pgwarden on the PATH, it runs as `kubectl pgwarden ...`.",
 		Version:       version.Version,
 		SilenceUsage:  true,
@@ -63,7 +63,7 @@ func newRootCommand(stdout, stderr io.Writer, newEnv envFactory) *cobra.Command 
 	pf.StringVar(&cf.context, "context", "", "the kubeconfig context to use")
 	pf.StringVarP(&cf.namespace, "namespace", "n", "", "the namespace of the cluster (default: the context's namespace)")
 
-	root.AddCommand(newStatusCommand(stdout, &cf, newEnv), newPromoteCommand(stdout, &cf, newEnv))
+	root.AddCommand(newStatusCommand(stdout, &cf, newEnv), newPromoteCommand(stdout, &cf, newEnv), newFenceCommand(stdout, &cf, newEnv))
 	return root
 }
 
@@ -140,6 +140,61 @@ func newPromoteCommand(stdout io.Writer, cf *connFlags, newEnv envFactory) *cobr
 	f := cmd.Flags()
 	f.StringVarP(&output, "output", "o", OutputTable, "output format: table (progress lines), json or yaml (the result at the end)")
 	f.DurationVar(&timeout, "timeout", 60*time.Second, "how long to follow the switchover before giving up")
+	return cmd
+}
+
+func newFenceCommand(stdout io.Writer, cf *connFlags, newEnv envFactory) *cobra.Command {
+	var (
+		output  string
+		timeout time.Duration
+		force   bool
+	)
+	cmd := &cobra.Command{
+		Use:   "fence <cluster> <pod> on|off",
+		Short: "Stop an instance and keep it stopped (on), or start it again as a replica (off)",
+		Long: "on: write the annotation pgwarden.io/fenced=true on the Pod, then wait until the instance has stopped\n" +
+			"PostgreSQL (its /status: phase fenced, fenced true, no postmaster). A replica stops at once (fast shutdown),\n" +
+			"without any failover. A primary is switched over to the best ready replica first and stops once it is a\n" +
+			"replica; if no replica can take over, the operator refuses (Event FenceRefused), the annotation is removed\n" +
+			"again and the command fails: the primary keeps running.\n" +
+			"With synchronous replication, on refuses when fewer ready replicas than spec.replication.synchronous.number\n" +
+			"would be left (every commit would wait); --force fences anyway.\n" +
+			"off: remove the annotation, then wait until the instance is a ready replica streaming from the primary.\n" +
+			"Exits non-zero when the fence is refused or the instance does not get there within --timeout.",
+		Args: cobra.ExactArgs(3),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			var on bool
+			switch args[2] {
+			case "on":
+				on = true
+			case "off":
+			default:
+				return fmt.Errorf("invalid argument %q: want on or off", args[2])
+			}
+			env, err := newEnv(*cf)
+			if err != nil {
+				return err
+			}
+			opts := FenceOptions{Timeout: timeout, Force: force}
+			if output == OutputTable || output == "" {
+				opts.Progress = stdout
+			}
+			res, err := env.Fence(cmd.Context(), args[0], args[1], on, opts)
+			if output == OutputJSON || output == OutputYAML {
+				if werr := writeStructured(stdout, output, res); werr != nil && err == nil {
+					err = werr
+				}
+			}
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&output, "output", "o", OutputTable, "output format: table (progress lines), json or yaml (the result at the end)")
+	f.DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for the instance to stop (on) or stream again (off)")
+	f.BoolVar(&force, "force", false, "fence even if too few synchronous standbys would be left")
 	return cmd
 }
 

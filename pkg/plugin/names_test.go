@@ -16,6 +16,7 @@ func TestNamesMatch(t *testing.T) {
 		{DesiredRoleAnnotation, roles.DesiredRoleAnnotation},
 		{ObservedRoleLabel, roles.ObservedRoleLabel},
 		{HolderIPAnnotation, roles.HolderIPAnnotation},
+		{FencedAnnotation, roles.FencedAnnotation},
 		{rolePrimary, string(roles.RolePrimary)},
 		{roleReplica, string(roles.RoleReplica)},
 		{LeaseName("demo"), roles.LeaseName("demo")},

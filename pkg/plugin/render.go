@@ -98,6 +98,9 @@ func renderTable(w io.Writer, r *Report, now time.Time) error {
 			if in.Phase == "" {
 				status = orDash(in.StatusRole)
 			}
+			if in.FenceRequested && !in.Fenced {
+				status += " (fence requested)"
+			}
 			tl = "-"
 			if in.Timeline > 0 {
 				tl = strconv.FormatUint(uint64(in.Timeline), 10)

@@ -188,3 +188,36 @@ func TestCheckOutput(t *testing.T) {
 		t.Error("wide accepted")
 	}
 }
+
+func TestRenderFence(t *testing.T) {
+	now := time.Now()
+	r := sampleReport(now)
+	r.Instances[0].FenceRequested = true // a primary that waits for its switchover
+	r.Instances[1] = InstanceReport{Pod: "demo-2", DesiredRole: "replica", Reachable: true, StatusRole: "replica", Phase: "fenced",
+		FenceRequested: true, Fenced: true}
+	var b bytes.Buffer
+	if err := RenderReport(&b, r, OutputTable, now); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(b.String(), "\n")
+	var one, two string
+	for _, l := range lines {
+		if strings.HasPrefix(l, "demo-1 ") {
+			one = l
+		}
+		if strings.HasPrefix(l, "demo-2 ") {
+			two = l
+		}
+	}
+	if !strings.Contains(one, "primary (fence requested)") || !strings.Contains(two, " fenced ") || strings.Contains(two, "requested") {
+		t.Errorf("rows:\n%s\n%s", one, two)
+	}
+	b.Reset()
+	if err := RenderReport(&b, r, OutputJSON, now); err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(b.Bytes(), &back); err != nil || !back.Instances[1].Fenced || !back.Instances[0].FenceRequested {
+		t.Errorf("json: %v %+v", err, back.Instances)
+	}
+}

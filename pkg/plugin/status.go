@@ -30,6 +30,7 @@ const (
 	DesiredRoleAnnotation = "pgwarden.io/role"
 	ObservedRoleLabel     = "pgwarden.io/instance-role"
 	HolderIPAnnotation    = "pgwarden.io/holder-ip"
+	FencedAnnotation      = "pgwarden.io/fenced"
 	rolePrimary           = "primary"
 	roleReplica           = "replica"
 )
@@ -108,6 +109,10 @@ type InstanceReport struct {
 	LagBytes *int64 `json:"lagBytes,omitempty"`
 	// LagSeconds is the replay lag in seconds, when the instance reports it.
 	LagSeconds *float64 `json:"lagSeconds,omitempty"`
+	// FenceRequested: the Pod carries pgwarden.io/fenced=true. Fenced: the instance reports
+	// postgres stopped on request (/status fenced).
+	FenceRequested bool `json:"fenceRequested,omitempty"`
+	Fenced         bool `json:"fenced,omitempty"`
 }
 
 // EventReport is one Event about the cluster or one of its Pods.
@@ -276,6 +281,7 @@ func instanceReport(p *corev1.Pod, st *InstanceStatus, err error) InstanceReport
 		Ready:       podReady(p),
 		PodPhase:    string(p.Status.Phase),
 	}
+	ir.FenceRequested = p.Annotations[FencedAnnotation] == "true"
 	if p.DeletionTimestamp != nil {
 		ir.PodPhase = "Terminating"
 	}
@@ -290,6 +296,7 @@ func instanceReport(p *corev1.Pod, st *InstanceStatus, err error) InstanceReport
 	ir.StatusRole, ir.Phase, ir.Timeline = st.Role, st.Phase, st.Timeline
 	ir.CurrentLSN, ir.ReceivedLSN, ir.ReplayLSN, ir.Upstream = st.CurrentLSN, st.ReceivedLSN, st.ReplayLSN, st.Upstream
 	ir.LagSeconds = st.ReplayLagSeconds
+	ir.Fenced = st.Fenced
 	return ir
 }
 

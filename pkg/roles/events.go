@@ -28,6 +28,11 @@ const (
 	ReasonRewindFailed = "RewindFailed" // pg_rewind failed; a fresh clone follows
 	ReasonRecloned     = "Recloned"     // the data directory was replaced by a fresh clone
 	ReasonFollowing    = "Following"    // the replica streams from a (new) primary
+	// Fencing on request (annotation pgwarden.io/fenced).
+	ReasonInvalidFence  = "InvalidFence"  // the annotation has an invalid value; nothing changes
+	ReasonFenceWaiting  = "FenceWaiting"  // fenced while primary: waits for a switchover first
+	ReasonFencedStopped = "FencedStopped" // postgres stopped and stays stopped
+	ReasonUnfenced      = "Unfenced"      // the fence was lifted; postgres starts as a replica
 )
 
 // EventComponent is the source component and reporting controller of the Events.

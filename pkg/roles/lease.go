@@ -833,6 +833,17 @@ func (l *PrimaryLease) FenceDeadline() (time.Time, bool) {
 	return l.lastRenew.Add(l.cfg.RenewDeadline), true
 }
 
+// LastRenew returns when this holder last renewed the Lease successfully (the start of that
+// write, local clock); false if the Lease is not held.
+func (l *PrimaryLease) LastRenew() (time.Time, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.state != held {
+		return time.Time{}, false
+	}
+	return l.lastRenew, true
+}
+
 // Handoff returns the FinalLSN the previous holder recorded when it released the Lease that this
 // instance then acquired; nil if the Lease was created, taken after expiry, or released without
 // one. A new holder must replay up to it before promoting.

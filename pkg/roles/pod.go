@@ -26,6 +26,9 @@ type Desired struct {
 	// ResourceVersion and UID are those of the Pod object this view was taken from.
 	ResourceVersion string
 	UID             types.UID
+	// Fenced is the last valid value of annotation pgwarden.io/fenced (false until one is seen,
+	// and when the annotation is removed).
+	Fenced bool
 	// PodIP is the Pod's status.podIP, empty until the kubelet reports it.
 	PodIP string
 	// Deleting is true once the Pod has a deletionTimestamp (it is being terminated).
@@ -51,12 +54,15 @@ type PodWatcher struct {
 	log       *slog.Logger
 	updates   chan Desired
 
-	mu       sync.Mutex
-	started  bool
-	current  Desired
-	seen     bool   // current is valid: the Pod has been seen at least once
-	raw      string // the annotation's last raw value
-	rawFound bool   // whether the annotation was present last time
+	mu            sync.Mutex
+	started       bool
+	current       Desired
+	seen          bool   // current is valid: the Pod has been seen at least once
+	raw           string // the annotation's last raw value
+	rawFound      bool   // whether the annotation was present last time
+	rawFence      string // the fence annotation's last raw value
+	rawFenceFound bool
+	fenceKnown    bool // a valid fence value (or no annotation) has been seen
 }
 
 // NewPodWatcher returns a watcher of Pod namespace/name. recorder receives the InvalidRole
@@ -205,8 +211,29 @@ func (w *PodWatcher) observe(ctx context.Context, pod *corev1.Pod) {
 			next.Role = r
 		}
 	}
+	rawFence, fenceFound := pod.Annotations[FencedAnnotation]
+	changedFence := fenceFound != w.rawFenceFound || rawFence != w.rawFence
+	w.rawFence, w.rawFenceFound = rawFence, fenceFound
+	fenced, invalidFence := ParseFenced(rawFence, fenceFound)
+	switch {
+	case invalidFence == nil:
+		next.Fenced, w.fenceKnown = fenced, true
+	case !w.fenceKnown:
+		// Just started, and the first value seen is invalid: the last valid one is unknown
+		// (perhaps "true" before a restart). Fenced is the safe side: a replica stays stopped,
+		// a primary keeps running until it is switched over.
+		next.Fenced = true
+	}
 	w.publishLocked(next)
 	w.mu.Unlock()
+
+	if invalidFence != nil && changedFence {
+		w.log.Warn("ignoring invalid fence annotation; the last valid value stays in force",
+			"annotation", FencedAnnotation, "value", rawFence, "fenced", next.Fenced)
+		w.recorder.Eventf(ctx, corev1.EventTypeWarning, ReasonInvalidFence,
+			"Ignoring annotation %s=%q: valid values are \"true\" and \"false\"; the instance stays %s",
+			FencedAnnotation, rawFence, fencedWord(next.Fenced))
+	}
 
 	// Reported once each time the annotation takes a bad value, not on every later update or
 	// resync of the Pod that still carries it.
@@ -242,7 +269,7 @@ func (w *PodWatcher) publishLocked(next Desired) {
 	if !changed {
 		return
 	}
-	w.log.Info("own pod changed", "desiredRole", next.Role.String(), "podIP", next.PodIP,
+	w.log.Info("own pod changed", "desiredRole", next.Role.String(), "fenced", next.Fenced, "podIP", next.PodIP,
 		"deleting", next.Deleting, "gone", next.Gone)
 	select {
 	case <-w.updates:
@@ -274,4 +301,11 @@ func (w *PodWatcher) SetObservedRole(ctx context.Context, role Role) error {
 	}
 	w.log.Info("observed role label set", "label", ObservedRoleLabel, "role", role.String())
 	return nil
+}
+
+func fencedWord(f bool) string {
+	if f {
+		return "fenced"
+	}
+	return "not fenced"
 }

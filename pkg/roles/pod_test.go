@@ -100,7 +100,7 @@ func role(r roles.Role) func(roles.Desired) bool {
 
 func TestPodWatcher(t *testing.T) {
 	api := testbed.StartAPI(t)
-	e := newEnv(t, api, "pods", "demo", "demo-1")
+	e := newEnv(t, api, "pods", "demo", "demo-1", "demo-3")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	pod := e.createPod(t, "demo-1", nil)
@@ -204,6 +204,55 @@ func TestPodWatcher(t *testing.T) {
 		d := next(t, w, "the pod IP", func(d roles.Desired) bool { return d.PodIP == "10.1.2.3" })
 		if d.Role != roles.RoleReplica {
 			t.Errorf("role %s after an IP change, want replica", d.Role)
+		}
+	})
+
+	t.Run("InvalidFenceAtStart", func(t *testing.T) {
+		// A watcher that starts on a Pod whose fence annotation is invalid knows no earlier
+		// valid value: it takes the safe side, fenced, until a valid value arrives.
+		e.createPod(t, "demo-3", map[string]string{roles.FencedAnnotation: "yes"})
+		w3 := e.startWatcher(t, "demo-3")
+		d := next(t, w3, "the first state", func(roles.Desired) bool { return true })
+		if !d.Fenced {
+			t.Errorf("first state %+v: want fenced", d)
+		}
+		e.patchPod(t, "demo-3", map[string]any{"metadata": map[string]any{"annotations": map[string]any{roles.FencedAnnotation: "false"}}})
+		next(t, w3, "not fenced", func(d roles.Desired) bool { return !d.Fenced })
+	})
+
+	t.Run("Fence", func(t *testing.T) {
+		setFence := func(v any) {
+			e.patchPod(t, "demo-1", map[string]any{"metadata": map[string]any{"annotations": map[string]any{roles.FencedAnnotation: v}}})
+		}
+		fenced := func(f bool) func(roles.Desired) bool { return func(d roles.Desired) bool { return d.Fenced == f } }
+		setFence("true")
+		d := next(t, w, "fenced", fenced(true))
+		if d.Role != roles.RoleReplica {
+			t.Errorf("fencing changed the role: %+v", d)
+		}
+		// Invalid values: one Event each, and the fence stays.
+		for _, v := range []string{"yes", "True", ""} {
+			setFence(v)
+			waitFor(t, 10*time.Second, fmt.Sprintf("an InvalidFence event for %q", v), func() bool {
+				for _, ev := range e.events(t, "demo-1", roles.ReasonInvalidFence) {
+					if strings.Contains(ev.Message, fmt.Sprintf("%s=%q", roles.FencedAnnotation, v)) {
+						return true
+					}
+				}
+				return false
+			})
+			if cur, _ := w.Current(); !cur.Fenced {
+				t.Errorf("after %q the instance is no longer fenced", v)
+			}
+		}
+		setFence("false")
+		next(t, w, "not fenced", fenced(false))
+		setFence("true")
+		next(t, w, "fenced again", fenced(true))
+		setFence(nil) // removing the annotation lifts the fence
+		next(t, w, "not fenced without the annotation", fenced(false))
+		if n := len(e.events(t, "demo-1", roles.ReasonInvalidFence)); n != 3 {
+			t.Errorf("%d InvalidFence events, want 3", n)
 		}
 	})
 

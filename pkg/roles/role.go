@@ -30,7 +30,36 @@ const (
 	// HolderIPAnnotation on the primary Lease carries the pod IP of the holder, written in the
 	// same update that makes it holder, so replicas can stream from it without reading its Pod.
 	HolderIPAnnotation = "pgwarden.io/holder-ip"
+	// FencedAnnotation on the instance's Pod asks the instance to stop PostgreSQL and keep it
+	// stopped ("true") or to run it again ("false", or no annotation). Written by users, usually
+	// through `kubectl pgwarden fence`. An invalid value changes nothing: the last valid value
+	// stays in force, and an instance that starts with an invalid value takes it as "true".
+	FencedAnnotation = "pgwarden.io/fenced"
 )
+
+// InvalidFencedError is returned by ParseFenced for a value that is neither "true" nor "false".
+type InvalidFencedError struct {
+	Value string
+}
+
+func (e *InvalidFencedError) Error() string {
+	return fmt.Sprintf("invalid value %q of annotation %s: valid values are \"true\" and \"false\" (or no annotation)", e.Value, FencedAnnotation)
+}
+
+// ParseFenced reads the fence annotation: found false (no annotation) means not fenced; "true"
+// and "false" exactly; anything else ("True", "yes", "1", "") is an *InvalidFencedError.
+func ParseFenced(value string, found bool) (bool, error) {
+	if !found {
+		return false, nil
+	}
+	switch value {
+	case "true":
+		return true, nil
+	case "false":
+		return false, nil
+	}
+	return false, &InvalidFencedError{Value: value}
+}
 
 // InvalidRoleError is returned by ParseRole for a value that is not a role.
 type InvalidRoleError struct {

@@ -32,6 +32,29 @@ func TestParseRole(t *testing.T) {
 	}
 }
 
+func TestParseFenced(t *testing.T) {
+	for _, tc := range []struct {
+		in           string
+		found        bool
+		want, wantOK bool
+	}{
+		{"", false, false, true},
+		{"true", true, true, true},
+		{"false", true, false, true},
+		{"", true, false, false},
+		{"True", true, false, false},
+		{"yes", true, false, false},
+		{"1", true, false, false},
+		{" true", true, false, false},
+	} {
+		got, err := roles.ParseFenced(tc.in, tc.found)
+		var invalid *roles.InvalidFencedError
+		if got != tc.want || (err == nil) != tc.wantOK || (!tc.wantOK && (!errors.As(err, &invalid) || invalid.Value != tc.in)) {
+			t.Errorf("ParseFenced(%q, %v) = %v, %v; want %v, ok %v", tc.in, tc.found, got, err, tc.want, tc.wantOK)
+		}
+	}
+}
+
 func TestFinalLSN(t *testing.T) {
 	f := roles.FinalLSN{Pod: "demo-1", LSN: "0/3000028", Timeline: 1}
 	s, err := f.Encode()

@@ -35,15 +35,30 @@ type Status struct {
 	// Mode is "standalone" (no Kubernetes) or "kubernetes".
 	Mode string `json:"mode"`
 	// Phase is the role controller's state (Kubernetes mode): starting,
-	// rejoining, replica, promoting, primary, demoting, fenced.
+	// rejoining, replica, promoting, primary, demoting, fenced (on request:
+	// Fenced true; or after losing the primary Lease).
 	Phase string `json:"phase,omitempty"`
 	// DesiredRole is the Pod's last valid pgwarden.io/role (Kubernetes mode).
 	DesiredRole string `json:"desiredRole,omitempty"`
 	// Upstream is the address a replica streams from (Kubernetes mode).
 	Upstream string `json:"upstream,omitempty"`
-	// ReplayLagSeconds is how far a replica's replay is behind, when known.
-	// Not served yet; readers show it when present.
+	// ReplayLagSeconds is how far a replica's replay is behind in time, as of
+	// MeasuredAt: 0 when it has replayed everything it received, else now()
+	// minus the commit time of the last transaction it replayed
+	// (pg_last_xact_replay_timestamp(), on the primary's clock; never below
+	// 0). Absent on a primary, on a replica that never streamed, while no
+	// transaction was replayed since postgres started, and while postgres is
+	// stopped. After a long idle period on the primary, the first
+	// transaction to arrive shows the idle time until it is replayed.
 	ReplayLagSeconds *float64 `json:"replayLagSeconds,omitempty"`
+	// Fenced is true while postgres is stopped, and kept stopped, because the
+	// Pod carries pgwarden.io/fenced=true (Kubernetes mode). A primary asked
+	// to fence keeps running (Fenced false) until it has been switched over.
+	Fenced bool `json:"fenced,omitempty"`
+	// FencedReason says why the instance is fenced (on request, or because
+	// the primary Lease was lost: phase "fenced" without Fenced), or why a
+	// requested fence waits.
+	FencedReason string `json:"fencedReason,omitempty"`
 	// MeasuredAt is when the server state above was read.
 	MeasuredAt *time.Time `json:"measuredAt,omitempty"`
 }
