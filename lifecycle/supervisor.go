@@ -150,6 +150,8 @@ type Supervisor struct {
 	held atomic.Bool
 	// fence wakes the Run goroutine after Fence; one pending wake-up is enough.
 	fence chan struct{}
+	// hurry ends the smart phase of a running shutdown early (Hurry).
+	hurry chan struct{}
 	// lastStop is the step that ended the last commanded stop; owned by Run.
 	lastStop Step
 }
@@ -200,7 +202,7 @@ func New(cfg Config) *Supervisor {
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
 	}
-	s := &Supervisor{cfg: cfg, log: cfg.Logger, cmds: make(chan command), fence: make(chan struct{}, 1)}
+	s := &Supervisor{cfg: cfg, log: cfg.Logger, cmds: make(chan command), fence: make(chan struct{}, 1), hurry: make(chan struct{}, 1)}
 	s.held.Store(cfg.StartHeld)
 	return s
 }
@@ -259,6 +261,19 @@ func (s *Supervisor) Fence() {
 	}
 	select {
 	case s.fence <- struct{}{}:
+	default:
+	}
+}
+
+// Hurry ends the smart phase of the shutdown now under way, or of the next one
+// if it has not begun: fast shutdown follows at once, the rest of the schedule
+// is unchanged. Call it only once shutdown was asked for (a stale call would
+// shorten a later stop). It never blocks. The instance manager hurries a
+// primary's shutdown once another instance was chosen to take over: waiting
+// for sessions to end by themselves then only prolongs the write outage.
+func (s *Supervisor) Hurry() {
+	select {
+	case s.hurry <- struct{}{}:
 	default:
 	}
 }
@@ -629,8 +644,12 @@ func (s *Supervisor) stopFrom(first Step, budget time.Duration) Step {
 		schedule = []phase{{StepFast, 0}, {StepImmediate, fastEnd}, {StepKill, immEnd}}
 	}
 	ended := StepNone
+	hurried := false
 	for k := 0; k < len(schedule); k++ {
 		ph := schedule[k]
+		if hurried && ph.step == StepFast {
+			ph.at = min(ph.at, time.Since(began))
+		}
 		t := time.NewTimer(time.Until(began.Add(ph.at)))
 	wait:
 		for {
@@ -640,6 +659,16 @@ func (s *Supervisor) stopFrom(first Step, budget time.Duration) Step {
 				return s.finishStop(ended, pid, began)
 			case <-t.C:
 				break wait
+			case <-s.hurry:
+				if ph.step > StepFast || hurried {
+					continue // smart is already over
+				}
+				hurried = true
+				s.log.Info("ending smart shutdown early: another instance takes over")
+				if ph.step == StepFast {
+					t.Stop()
+					break wait
+				} // else smart is about to be sent: fast follows at once
 			case <-s.fence:
 				// Fenced during a stop: immediate now, SIGKILL after fenceBudget.
 				if !s.held.Load() || ph.step >= StepImmediate {

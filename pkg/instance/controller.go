@@ -504,6 +504,39 @@ func (c *controller) onShutdown() {
 // afterStop runs once the supervisor returned (postgres is gone): a holder
 // releases the Lease, with its final LSN when it shut down cleanly, so a
 // successor need not wait for the Lease to expire.
+// hurryWhenReplaced ends the smart phase of a primary's shutdown early once
+// the operator has chosen another primary (this Pod's desired role is no
+// longer primary: a deleted primary pod is failed over at once). Smart
+// shutdown refuses new connections, so waiting for the old sessions to end by
+// themselves only prolongs the write outage; fast shutdown still hands every
+// committed transaction to the replicas and the final LSN to the successor.
+// It waits for ctx (the shutdown request) and returns when done closes.
+func (c *controller) hurryWhenReplaced(ctx context.Context, sup *lifecycle.Supervisor, done <-chan struct{}) {
+	select {
+	case <-ctx.Done():
+	case <-done:
+		return
+	}
+	if c.phase() != phasePrimary {
+		return
+	}
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if d := c.desired(); d.Role != roles.RolePrimary {
+			c.log.Info("another instance was chosen as primary: ending the smart shutdown early",
+				"desiredRole", string(d.Role))
+			sup.Hurry()
+			return
+		}
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
+	}
+}
+
 func (c *controller) afterStop() {
 	l := c.lease.Load()
 	if l == nil || !l.IsHeld() {

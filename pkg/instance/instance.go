@@ -334,7 +334,12 @@ func run(ctx context.Context, hup <-chan struct{}, o Options, base, log *slog.Lo
 	go func() { _ = statusSrv.Serve(statusLn) }()
 	go func() { _ = metricsSrv.Serve(metricsLn) }()
 
+	runDone := make(chan struct{})
+	if ctrl != nil {
+		go ctrl.hurryWhenReplaced(ctx, sup, runDone)
+	}
 	code, err := sup.Run(ctx)
+	close(runDone)
 	stopDeciding()
 	if ctrl != nil {
 		ctrl.afterStop()

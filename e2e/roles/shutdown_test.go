@@ -1,0 +1,65 @@
+package roles
+
+import (
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestShutdownHandsOver: SIGTERM to the primary's manager while a client
+// keeps a session open (smart shutdown would wait for it for half of the stop
+// delay), and the operator's answer to a deleted primary pod: the old primary
+// annotated replica, another annotated primary. The old primary ends its smart
+// phase at once, shuts down fast and cleanly, and hands the Lease on; the new
+// primary takes writes long before the smart phase would have ended, with
+// every acknowledged write and never two writers.
+func TestShutdownHandsOver(t *testing.T) {
+	c := newCluster(t, 3)
+	c.startAll()
+	m0, m1, m2 := c.members[0], c.members[1], c.members[2]
+	waitFor(t, 60*time.Second, "demo-1 and demo-2 to stream from demo-0", func() bool {
+		return m1.streamingFrom(m0) && m2.streamingFrom(m0)
+	})
+	ctx, cancel := contextWithTimeout(10 * time.Second)
+	defer cancel()
+	idle, err := m0.connect(ctx) // a session that never ends by itself
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close(ctx)
+	ch := c.startChecker()
+	waitFor(t, 10*time.Second, "a first acknowledged write", func() bool {
+		ch.mu.Lock()
+		defer ch.mu.Unlock()
+		return len(ch.acked) > 0
+	})
+
+	began := time.Now()
+	if err := syscall.Kill(m0.managerPID(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	m0.waitLog(10*time.Second, "stopping postgres") // smart shutdown has begun
+	c.annotate(m0.name, "replica", m1.name, "primary")
+
+	// --stop-delay 20s: smart shutdown alone would last 10 s.
+	select {
+	case <-m0.done:
+	case <-time.After(8 * time.Second):
+		t.Fatalf("demo-0 still running %s after SIGTERM and its replacement: the smart phase was not cut short", time.Since(began).Round(time.Millisecond))
+	}
+	if m0.code != 0 {
+		t.Errorf("demo-0 exit code %d, want 0 (a clean fast shutdown)", m0.code)
+	}
+	if m0.findLog("another instance was chosen as primary: ending the smart shutdown early") == nil {
+		t.Error("demo-0 did not log why it ended the smart shutdown early")
+	}
+	waitFor(t, 30*time.Second, "demo-1 to accept a write", m1.acceptsWrite)
+	t.Logf("SIGTERM to the primary -> new primary writable after %s", time.Since(began).Round(time.Millisecond))
+	waitFor(t, 30*time.Second, "demo-2 to follow demo-1", func() bool { return m2.streamingFrom(m1) })
+	ch.stop()
+	ch.verifyAcked(m1)
+	if runs := ch.writerRuns(); !slices.Equal(runs, []string{"demo-0", "demo-1"}) {
+		t.Errorf("members that accepted probe writes, in time order: %v; want demo-0, demo-1", runs)
+	}
+}
