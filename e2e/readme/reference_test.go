@@ -125,11 +125,15 @@ func TestReferenceCoversEveryField(t *testing.T) {
 		}
 	}
 	sort.Strings(all)
+	// The walk itself must have found the API: spec and status, nested types included.
+	if len(all) < 30 || !goPaths["spec.replication.synchronous.number"] || !goPaths["status.instancesStatus[].replayLSN"] {
+		t.Fatalf("found only %d fields in api/v1: %v", len(all), all)
+	}
 
 	for _, p := range all {
 		row, ok := rows[p]
 		if !ok {
-			t.Errorf("README.md: no reference row for `%s` (| `%s` | type | default | validation | meaning |)", p, p)
+			t.Errorf("README.md: no reference row for `%s` (a table row whose first cell is `%s`)", p, p)
 			continue
 		}
 		s := crdPaths[p]
