@@ -3,6 +3,7 @@ package readme
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"regexp"
@@ -15,6 +16,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	pgv1 "github.com/pgwarden/pgwarden/api/v1"
+	"github.com/pgwarden/pgwarden/e2e/testbed"
 )
 
 const root = "../.."
@@ -275,5 +277,51 @@ func TestRowsAndBlocks(t *testing.T) {
 	}
 	if _, err := Blocks("```sh\nunclosed\n"); err == nil {
 		t.Error("no error for an unclosed block")
+	}
+}
+
+// TestInstallOverlayRenders: the kustomize overlay of "Installing on a real cluster" renders with
+// the test bed's kubectl (deploy/default from this checkout) and sets both images.
+func TestInstallOverlayRenders(t *testing.T) {
+	blocks, err := Blocks(readFile(t, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var overlay string
+	for _, b := range blocks {
+		if b.Info == "yaml" && strings.HasPrefix(b.Text, "# kustomization.yaml\n") {
+			overlay = b.Text
+		}
+	}
+	if overlay == "" {
+		t.Fatal("README.md: no ```yaml block starting with '# kustomization.yaml'")
+	}
+	const base = "../pgwarden/deploy/default"
+	if !strings.Contains(overlay, "- "+base) {
+		t.Fatalf("README.md: the overlay does not use %s:\n%s", base, overlay)
+	}
+	deploy, err := filepath.Abs(filepath.Join(root, "deploy", "default"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	rel, err := filepath.Rel(dir, deploy) // kustomize wants a relative path
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(strings.Replace(overlay, base, rel, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(testbed.Binary(t, "kubectl"), "kustomize", dir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl kustomize: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"image: registry.example.com/pgwarden-operator:0.1.0",
+		"- name: PGWARDEN_INSTANCE_IMAGE\n          value: registry.example.com/pgwarden:0.1.0",
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("the rendered overlay lacks %q", want)
+		}
 	}
 }
