@@ -59,12 +59,16 @@ func TestQuickStart(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "bash", "-c", script.String())
 	cmd.Dir = abs
-	// A user's shell: the quick start sets KUBECONFIG and PATH itself.
+	// A user's shell: the quick start sets KUBECONFIG and PATH itself, and its make is not a
+	// sub-make of `make test`'s.
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "KUBECONFIG=") && !strings.HasPrefix(kv, "PGPASSWORD=") && !strings.HasPrefix(kv, "PGHOST=") {
-			env = append(env, kv)
+		name, _, _ := strings.Cut(kv, "=")
+		switch name {
+		case "KUBECONFIG", "PGPASSWORD", "PGHOST", "PGUSER", "PGDATABASE", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES":
+			continue
 		}
+		env = append(env, kv)
 	}
 	cmd.Env = env
 	var out bytes.Buffer
