@@ -39,8 +39,8 @@ func TestQuickStart(t *testing.T) {
 		first, _, _ := strings.Cut(strings.TrimSpace(b.Text), "\n")
 		// The marker names the block; the commands themselves are not traced (set -x would print
 		// the password once $(...) is expanded).
-		fmt.Fprintf(&script, "printf '\\n### quick start block %d/%d (README.md line %d): %%s\\n' %q\n%s",
-			i+1, len(blocks), b.Line, first, b.Text)
+		fmt.Fprintf(&script, "printf '\\n### quick start block %d/%d (README.md line %d): %%s\\n' %s\n%s",
+			i+1, len(blocks), b.Line, ShellQuote(first), b.Text)
 	}
 	script.WriteString("printf '\\n### quick start: every block passed\\n'\n")
 

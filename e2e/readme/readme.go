@@ -136,3 +136,7 @@ func splitRow(s string) []string {
 	}
 	return append(cells, strings.TrimSpace(b.String()))
 }
+
+// ShellQuote quotes s for bash literally: nothing in it is expanded (the quick start's runner
+// prints each block's first line, which may hold a $(...) that reads a Secret).
+func ShellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }

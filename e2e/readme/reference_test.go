@@ -325,3 +325,12 @@ func TestInstallOverlayRenders(t *testing.T) {
 		}
 	}
 }
+
+func TestShellQuote(t *testing.T) {
+	for _, s := range []string{`eval "$(make -s demo-env)"`, `a'b $(x) \n ''`, "export X=$(kubectl get svc -o jsonpath='{.a}')", ""} {
+		out, err := exec.Command("bash", "-c", "printf %s "+ShellQuote(s)).Output()
+		if err != nil || string(out) != s {
+			t.Errorf("ShellQuote(%q): bash printed %q (%v)", s, out, err)
+		}
+	}
+}
