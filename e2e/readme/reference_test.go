@@ -334,3 +334,38 @@ func TestShellQuote(t *testing.T) {
 		}
 	}
 }
+
+// TestAnchorsResolve: every in-page link [..](#anchor) names a heading (GitHub's slugs).
+func TestAnchorsResolve(t *testing.T) {
+	md := readFile(t, "README.md")
+	slugs := map[string]bool{}
+	inCode := false
+	for _, line := range strings.Split(md, "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), "```") {
+			inCode = !inCode
+		}
+		if inCode || !strings.HasPrefix(line, "#") {
+			continue
+		}
+		title := strings.TrimSpace(strings.TrimLeft(line, "#"))
+		var b strings.Builder
+		for _, r := range strings.ToLower(title) {
+			switch {
+			case r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '-', r == '_':
+				b.WriteRune(r)
+			case r == ' ':
+				b.WriteByte('-')
+			}
+		}
+		slugs[b.String()] = true
+	}
+	links := regexp.MustCompile(`\]\(#([^)]+)\)`).FindAllStringSubmatch(md, -1)
+	if len(links) == 0 {
+		t.Fatal("no in-page links found")
+	}
+	for _, m := range links {
+		if !slugs[m[1]] {
+			t.Errorf("README.md links to #%s, which is no heading", m[1])
+		}
+	}
+}
