@@ -41,6 +41,7 @@ STEP=""
 STEP_TEXT=""
 STEPS=0
 DIAG=none
+WHAT="make demo"
 T0=$SECONDS
 
 say() { printf '%s\n' "$*"; }
@@ -85,7 +86,7 @@ on_exit() {
   local rc=$?
   trap - EXIT
   if [ $rc -ne 0 ] && [ -n "$STEP" ]; then
-    printf '\nmake demo: FAILED at step [%s/%s] %s (exit code %s)\n' "$STEP" "$STEPS" "$STEP_TEXT" "$rc" >&2
+    printf '\n%s: FAILED at step [%s/%s] %s (exit code %s)\n' "$WHAT" "$STEP" "$STEPS" "$STEP_TEXT" "$rc" >&2
     if [ -s "$LOGDIR/step-$STEP.log" ]; then
       printf -- '--- last 30 lines of this step'"'"'s log (%s) ---\n' "$LOGDIR/step-$STEP.log" >&2
       tail -n 30 "$LOGDIR/step-$STEP.log" | sed 's/^/    /' >&2
@@ -235,7 +236,7 @@ EOF
 # --- down ----------------------------------------------------------------------------------------
 
 down() {
-  STEPS=3
+  STEPS=3 WHAT="make demo-down"
   [ "$(id -u)" = 0 ] || { say "make demo-down needs root" >&2; exit 1; }
   LOGDIR=$(mktemp -d /tmp/pgwarden-demo.XXXXXX)
   trap on_exit EXIT
