@@ -17,6 +17,7 @@ test: deps testbed-build ## run every test: unit, integration (real PostgreSQL, 
 	$(GO) test -count=1 -timeout 40m ./...
 	$(MAKE) testbed-selftest
 	$(MAKE) e2e-node
+	$(MAKE) readme-check
 
 .PHONY: e2e-node
 e2e-node: ## operator and real instance pods on the node test bed: Healthy, switchover, failover (up and down around it)
@@ -32,6 +33,7 @@ clean: ## remove build output
 	rm -rf bin
 
 include e2e/testbed/testbed.mk
+include e2e/demo/demo.mk
 
 CONTROLLER_GEN ?= $(GO) run sigs.k8s.io/controller-tools/cmd/controller-gen@v0.21.0
 
