@@ -17,6 +17,7 @@ import (
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apiextensionsclient "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -479,9 +480,51 @@ func setupSwitchover(t *testing.T, b *bed, c, net string) (f *loopbackFetcher, s
 	return f, playInstances(t, b, c, c+"-1", c+"-2", net+".2", fOld, fNew)
 }
 
+// endpointSlice writes the -rw Service's EndpointSlice as the endpoint-slice controller would:
+// one ready endpoint, the pod.
+func endpointSlice(t *testing.T, b *bed, cluster, pod, ip string) {
+	t.Helper()
+	ctx := context.Background()
+	name := cluster + "-rw-abcde"
+	sl := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: name, Namespace: b.ns, Labels: map[string]string{discoveryv1.LabelServiceName: cluster + "-rw"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{ip}, Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)},
+			TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: b.ns, Name: pod}}},
+	}
+	old, err := b.kube.DiscoveryV1().EndpointSlices(b.ns).Get(ctx, name, metav1.GetOptions{})
+	if err == nil {
+		sl.ResourceVersion = old.ResourceVersion
+		_, err = b.kube.DiscoveryV1().EndpointSlices(b.ns).Update(ctx, sl, metav1.UpdateOptions{})
+	} else {
+		_, err = b.kube.DiscoveryV1().EndpointSlices(b.ns).Create(ctx, sl, metav1.CreateOptions{})
+	}
+	if err != nil {
+		t.Error(err)
+	}
+}
+
 func testPromote(t *testing.T, b *bed) {
 	f, stop := setupSwitchover(t, b, "pr", "10.0.2")
 	defer stop()
+	// The -rw Service routes to the old primary, and moves to the new one only 700 ms after the
+	// new primary took the Lease: promote must wait for it.
+	endpointSlice(t, b, "pr", "pr-1", "10.0.2.1")
+	moved := make(chan time.Time, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		for ctx.Err() == nil {
+			if l, err := b.kube.CoordinationV1().Leases(b.ns).Get(ctx, "pr-primary", metav1.GetOptions{}); err == nil &&
+				l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity == "pr-2" {
+				time.Sleep(700 * time.Millisecond) // the endpoint-slice controller and the Service lagging
+				endpointSlice(t, b, "pr", "pr-2", "10.0.2.2")
+				moved <- time.Now()
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
 	code, out, errOut := b.run(t, f, "promote", "pr", "pr-2", "-o", "json", "--timeout", "20s")
 	if code != 0 {
 		t.Fatalf("exit %d: %s\n%s", code, errOut, out)
@@ -496,6 +539,17 @@ func testPromote(t *testing.T, b *bed) {
 	}
 	if res.LeaseAcquiredSeconds == nil || res.AcceptsWritesSeconds == nil || res.OldPrimaryStreamingSeconds == nil {
 		t.Fatalf("milestones missing: %+v", res)
+	}
+	if res.RWRoutesSeconds == nil {
+		t.Fatalf("promote completed without the -rw Service routing to the new primary: %+v", res)
+	}
+	select {
+	case at := <-moved:
+		if done := res.StartedAt.Add(time.Duration(*res.RWRoutesSeconds * float64(time.Second))); done.Before(at) {
+			t.Errorf("rwRoutesSeconds %.3f is before the EndpointSlice moved", *res.RWRoutesSeconds)
+		}
+	default:
+		t.Errorf("promote completed before the EndpointSlice moved to the new primary")
 	}
 	l, a, s := *res.LeaseAcquiredSeconds, *res.AcceptsWritesSeconds, *res.OldPrimaryStreamingSeconds
 	// The player waits 150 ms, 150 ms, 300 ms between its steps; the plugin polls every 100 ms, so

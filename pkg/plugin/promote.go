@@ -12,6 +12,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 )
@@ -36,8 +37,13 @@ type PromoteResult struct {
 	// OldPrimaryStreamingSeconds: the old primary's /status says role replica with an upstream.
 	OldPrimaryStreamingSeconds *float64 `json:"oldPrimaryStreamingSeconds,omitempty"`
 	OldPrimaryUpstream         string   `json:"oldPrimaryUpstream,omitempty"`
-	Completed                  bool     `json:"completed"`
-	Error                      string   `json:"error,omitempty"`
+	// RWRoutesSeconds: the -rw Service's EndpointSlices name the new primary, ready, and no
+	// other ready endpoint (kube-proxy programs that a moment later). Not waited for when the
+	// Service has no EndpointSlices (no endpoint-slice controller).
+	RWRoutesSeconds *float64 `json:"rwRoutesSeconds,omitempty"`
+	rwUntracked     bool
+	Completed       bool   `json:"completed"`
+	Error           string `json:"error,omitempty"`
 }
 
 // PromoteOptions configure Promote.
@@ -121,6 +127,7 @@ func (e *Env) Promote(ctx context.Context, cluster, pod string, opts PromoteOpti
 	defer cancel()
 	tick := time.NewTicker(PollInterval)
 	defer tick.Stop()
+	routesKnown := true // the -rw Service has EndpointSlices to follow
 	for {
 		// The operator may reject the request and write the annotation back to replica.
 		if p, err := e.Kube.CoreV1().Pods(e.Namespace).Get(ctx, pod, metav1.GetOptions{}); err == nil &&
@@ -144,7 +151,16 @@ func (e *Env) Promote(ctx context.Context, cluster, pod string, opts PromoteOpti
 			res.OldPrimaryStreamingSeconds, res.OldPrimaryUpstream = since(), oldSt.Upstream
 			progress("+%s  %s streams again (role replica, upstream %s)", fmtDur(*res.OldPrimaryStreamingSeconds), res.OldPrimary, oldSt.Upstream)
 		}
-		if res.AcceptsWritesSeconds != nil && (res.OldPrimary == "" || res.OldPrimaryStreamingSeconds != nil) {
+		if res.AcceptsWritesSeconds != nil && res.RWRoutesSeconds == nil {
+			if routes, known := e.rwRoutesTo(ctx, cluster, pod); !known {
+				routesKnown, res.rwUntracked = false, true
+			} else if routes {
+				res.RWRoutesSeconds = since()
+				progress("+%s  Service %s-rw routes to %s", fmtDur(*res.RWRoutesSeconds), cluster, pod)
+			}
+		}
+		if res.AcceptsWritesSeconds != nil && (res.OldPrimary == "" || res.OldPrimaryStreamingSeconds != nil) &&
+			(res.RWRoutesSeconds != nil || !routesKnown) {
 			res.Completed = true
 			progress("switchover to %s completed in %s", pod, fmtDur(*since()))
 			return res, nil
@@ -160,6 +176,30 @@ func (e *Env) Promote(ctx context.Context, cluster, pod string, opts PromoteOpti
 	}
 }
 
+// rwRoutesTo says whether the cluster's -rw Service routes to pod alone: its EndpointSlices list
+// pod as ready and no other ready endpoint. known is false when the Service has no
+// EndpointSlices at all (nothing maintains them) or they cannot be read.
+func (e *Env) rwRoutesTo(ctx context.Context, cluster, pod string) (routes, known bool) {
+	slices, err := e.Kube.DiscoveryV1().EndpointSlices(e.Namespace).List(ctx,
+		metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + cluster + "-rw"})
+	if err != nil || len(slices.Items) == 0 {
+		return false, false
+	}
+	found := false
+	for _, sl := range slices.Items {
+		for _, ep := range sl.Endpoints {
+			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
+				continue
+			}
+			if ep.TargetRef == nil || ep.TargetRef.Kind != "Pod" || ep.TargetRef.Name != pod {
+				return false, true
+			}
+			found = true
+		}
+	}
+	return found, true
+}
+
 // missing says which milestones were not reached.
 func (r *PromoteResult) missing() string {
 	var m []string
@@ -171,6 +211,9 @@ func (r *PromoteResult) missing() string {
 	}
 	if r.OldPrimary != "" && r.OldPrimaryStreamingSeconds == nil {
 		m = append(m, fmt.Sprintf("%s (the old primary) does not report role replica with an upstream", r.OldPrimary))
+	}
+	if r.AcceptsWritesSeconds != nil && r.RWRoutesSeconds == nil && !r.rwUntracked {
+		m = append(m, fmt.Sprintf("Service %s-rw does not route to %s alone", r.Cluster, r.NewPrimary))
 	}
 	return strings.Join(m, "; ")
 }
