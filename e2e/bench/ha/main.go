@@ -29,10 +29,22 @@ func run() error {
 	settle := flag.Duration("settle", 5*time.Second, "time a healthy cluster is left alone before each scenario")
 	spread := flag.Duration("phase-spread", 10*time.Second,
 		"faults of successive runs are spread evenly over this much time after the warm-up (≥ the longest manager loop: Patroni's loop_wait)")
+	scenarios := flag.String("scenarios", "idle,switchover,kill", "comma-separated scenarios to run (all three for the README)")
 	pgBinDir := flag.String("pg-bin-dir", "/usr/lib/postgresql/15/bin", "PostgreSQL 15 binaries")
 	flag.Parse()
 	if *runs < 1 {
 		return fmt.Errorf("-runs must be at least 1")
+	}
+	only := map[string]bool{}
+	for _, s := range strings.Split(*scenarios, ",") {
+		s = strings.TrimSpace(s)
+		switch s {
+		case "idle", "switchover", "kill":
+			only[s] = true
+		case "":
+		default:
+			return fmt.Errorf("unknown scenario %q in -scenarios (want idle, switchover, kill)", s)
+		}
 	}
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("must run as root (installs packages, runs PostgreSQL as the postgres user)")
@@ -65,7 +77,7 @@ func run() error {
 		if err != nil {
 			return err
 		}
-		byKey[key] = runSystem(ctx, sys, key, *runs, *idle, *settle, *spread, logf)
+		byKey[key] = runSystem(ctx, sys, key, *runs, *idle, *settle, *spread, only, logf)
 	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted")

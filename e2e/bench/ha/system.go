@@ -72,6 +72,17 @@ type Cluster interface {
 	Stop(ctx context.Context) error
 }
 
+// selfRestarter is implemented by a Cluster whose platform restarts a killed
+// member by itself (pgwarden: the kubelet restarts the container). Its Restart
+// only waits for that restart, and "killed member restarted → streaming
+// again" is timed from the kill instead of from Restart.
+type selfRestarter interface{ RestartsByItself() bool }
+
+func restartsByItself(cl Cluster) bool {
+	s, ok := cl.(selfRestarter)
+	return ok && s.RestartsByItself()
+}
+
 // ErrNoPrimary is returned by Cluster.Primary while the cluster has no primary.
 var ErrNoPrimary = errors.New("no primary")
 
