@@ -77,7 +77,7 @@ func run() error {
 		if err != nil {
 			return err
 		}
-		byKey[key] = runSystem(ctx, sys, key, *runs, *idle, *settle, *spread, only, logf)
+		byKey[key] = runSystem(ctx, sys, key, *runs, *idle, *settle, *spread, only, filepath.Join(outAbs, "writes"), logf)
 	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted")

@@ -87,6 +87,8 @@ type pgwardenCluster struct {
 	password string // superuser password, from the cluster's Secret; never logged
 	rwIP     string
 
+	watch *watchLog // nil without a log directory
+
 	mu     sync.Mutex
 	podIPs map[string]string
 	killed map[string]string // member → the container ID Kill killed
@@ -167,6 +169,11 @@ func (s *pgwardenSystem) Start(ctx context.Context) (_ Cluster, err error) {
 	}
 	if err := cl.createCluster(ctx); err != nil {
 		return nil, err
+	}
+	if s.o.LogDir != "" {
+		if err := os.MkdirAll(filepath.Join(s.o.LogDir, "pgwarden-logs"), 0o755); err == nil {
+			cl.startWatchLog(filepath.Join(s.o.LogDir, "pgwarden-logs", "watch.log"))
+		}
 	}
 	if err := waitHealthy(ctx, cl, pwReadyLimit); err != nil {
 		return nil, err
@@ -657,6 +664,8 @@ func (c *pgwardenCluster) ManagerPIDs(ctx context.Context, member string) ([]int
 // node go (down again if with-node.sh brought it up).
 func (c *pgwardenCluster) Stop(ctx context.Context) error {
 	var errs []error
+	c.watch.stop()
+	c.watch = nil
 	if c.cs != nil {
 		c.saveLogs(ctx)
 	}

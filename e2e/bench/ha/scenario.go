@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -60,6 +63,10 @@ type bench struct {
 	phase  time.Duration
 	log    func(string, ...any)
 	nextID int64
+	// writesDir, when not "", receives every probe write of every run
+	// (<run>.tsv, times relative to the fault) for whoever wants to see
+	// where an outage went.
+	writesDir string
 }
 
 // waitHealthy waits for a primary and every other member streaming from it.
@@ -158,6 +165,7 @@ func (b *bench) finishProbe(ctx context.Context, p *probe, run string, t0 time.T
 	if err != nil {
 		return 0, 0, 0, err
 	}
+	b.dumpWrites(run, t0, ws)
 	acked := 0
 	for _, w := range ws {
 		if w.err == nil {
@@ -165,6 +173,25 @@ func (b *bench) finishProbe(ctx context.Context, p *probe, run string, t0 time.T
 		}
 	}
 	return longestOutage(ws, t0, end), lost, acked, nil
+}
+
+func (b *bench) dumpWrites(run string, t0 time.Time, ws []write) {
+	if b.writesDir == "" {
+		return
+	}
+	var sb strings.Builder
+	sb.WriteString("id\tstart_s\tend_s\tserver\tcommitted\terror\n")
+	for _, w := range ws {
+		e := ""
+		if w.err != nil {
+			e = strings.ReplaceAll(w.err.Error(), "\t", " ")
+		}
+		fmt.Fprintf(&sb, "%d\t%.3f\t%.3f\t%s\t%v\t%s\n", w.id, w.start.Sub(t0).Seconds(), w.end.Sub(t0).Seconds(), w.server, w.committed, e)
+	}
+	fmt.Fprintf(&sb, "# fault at %s\n", t0.UTC().Format(time.RFC3339Nano))
+	if err := os.MkdirAll(b.writesDir, 0o755); err == nil {
+		_ = os.WriteFile(filepath.Join(b.writesDir, run+".tsv"), []byte(sb.String()), 0o644)
+	}
 }
 
 // idle measures each member's manager over the idle window; the figures are
@@ -394,7 +421,7 @@ func phaseOffset(i, n int, spread time.Duration) time.Duration {
 	return spread * time.Duration(2*i-1) / time.Duration(2*n)
 }
 
-func runSystem(ctx context.Context, sys System, key string, runs int, idle, settle, spread time.Duration, only map[string]bool, log func(string, ...any)) *results {
+func runSystem(ctx context.Context, sys System, key string, runs int, idle, settle, spread time.Duration, only map[string]bool, writesDir string, log func(string, ...any)) *results {
 	r := &results{system: sys.Name()}
 	log("%s: starting a 3-member cluster", sys.Name())
 	t0 := time.Now()
@@ -425,7 +452,7 @@ func runSystem(ctx context.Context, sys System, key string, runs int, idle, sett
 		r.absent = err.Error()
 		return r
 	}
-	b := &bench{cl: cl, name: sys.Name(), idle: idle, settle: settle, log: log, nextID: 1}
+	b := &bench{cl: cl, name: sys.Name(), idle: idle, settle: settle, log: log, nextID: 1, writesDir: writesDir}
 	type step struct {
 		name string
 		f    func(context.Context, *results, string) error
