@@ -91,7 +91,15 @@ type pgwardenCluster struct {
 
 	mu     sync.Mutex
 	podIPs map[string]string
-	killed map[string]string // member → the container ID Kill killed
+	killed map[string]*killRecord
+}
+
+// killRecord follows one killed container until the kubelet has restarted it.
+type killRecord struct {
+	id        string    // the killed container
+	at        time.Time // SIGKILL sent
+	restarted chan struct{}
+	after     time.Duration // kill → a new container's manager is running; valid once restarted is closed
 }
 
 func (s *pgwardenSystem) Start(ctx context.Context) (_ Cluster, err error) {
@@ -108,7 +116,7 @@ func (s *pgwardenSystem) Start(ctx context.Context) (_ Cluster, err error) {
 	cl := &pgwardenCluster{
 		o: s.o, root: root, tbDir: tbDir, kc: filepath.Join(tbDir, "kubeconfig"),
 		ns:     "bench-ha-" + hex.EncodeToString(b),
-		podIPs: map[string]string{}, killed: map[string]string{},
+		podIPs: map[string]string{}, killed: map[string]*killRecord{},
 	}
 	for i := 1; i <= pwInstances; i++ {
 		cl.members = append(cl.members, fmt.Sprintf("%s-%d", pwCluster, i))
@@ -404,14 +412,30 @@ func (c *pgwardenCluster) Members() []string { return c.members }
 
 // dsn connects to host as the superuser. The password is only ever in
 // memory (the probe's pgx config), never in a log line.
-func (c *pgwardenCluster) dsn(host string, timeout int) string {
-	return fmt.Sprintf("host=%s port=5432 user=postgres password='%s' dbname=postgres sslmode=disable connect_timeout=%d",
-		host, strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(c.password), timeout)
+func (c *pgwardenCluster) dsn(host, port string, timeout int) string {
+	return fmt.Sprintf("host=%s port=%s user=postgres password='%s' dbname=postgres sslmode=disable connect_timeout=%d",
+		host, port, strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(c.password), timeout)
 }
 
 // ProbeDSN is the -rw Service's ClusterIP, reached from the host through
 // kube-proxy, as a client in the cluster reaches it.
-func (c *pgwardenCluster) ProbeDSN() string { return c.dsn(c.rwIP, 1) }
+//
+// With -pgwarden-probe hosts it is every pod IP in member order with
+// target_session_attrs=read-write instead, as Patroni's probe does.
+func (c *pgwardenCluster) ProbeDSN() string {
+	if c.o.PgwardenProbe != "hosts" {
+		return c.dsn(c.rwIP, "5432", 1)
+	}
+	var ips, ports []string
+	for _, m := range c.members {
+		ip, err := c.podIP(context.Background(), m)
+		if err != nil {
+			ip = "192.0.2.1" // TEST-NET-1: never answers; the other members still do
+		}
+		ips, ports = append(ips, ip), append(ports, "5432")
+	}
+	return c.dsn(strings.Join(ips, ","), strings.Join(ports, ","), 1) + " target_session_attrs=read-write"
+}
 
 func (c *pgwardenCluster) podIP(ctx context.Context, member string) (string, error) {
 	c.mu.Lock()
@@ -462,6 +486,29 @@ func (c *pgwardenCluster) Primary(ctx context.Context) (string, error) {
 	return *l.Spec.HolderIdentity, nil
 }
 
+// SystemHealthy: the PostgresCluster's phase is Healthy, every instance
+// ready, and the operator's current primary is the Lease holder.
+func (c *pgwardenCluster) SystemHealthy(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	var pc pgv1.PostgresCluster
+	if err := c.c.Get(ctx, types.NamespacedName{Namespace: c.ns, Name: pwCluster}, &pc); err != nil {
+		return err
+	}
+	st := pc.Status
+	if st.Phase != pgv1.PhaseHealthy || st.ReadyInstances != pwInstances || st.CurrentPrimary != st.TargetPrimary {
+		return fmt.Errorf("PostgresCluster phase %s (%s), %d ready", st.Phase, st.PhaseReason, st.ReadyInstances)
+	}
+	holder, err := c.Primary(ctx)
+	if err != nil {
+		return err
+	}
+	if holder != st.CurrentPrimary {
+		return fmt.Errorf("the Lease is held by %s, the operator's primary is %s", holder, st.CurrentPrimary)
+	}
+	return nil
+}
+
 // Streaming: standbys connect with their pod name as application_name.
 func (c *pgwardenCluster) Streaming(ctx context.Context, member string) (bool, error) {
 	p, err := c.Primary(ctx)
@@ -472,7 +519,7 @@ func (c *pgwardenCluster) Streaming(ctx context.Context, member string) (bool, e
 	if err != nil {
 		return false, err
 	}
-	return streamingOn(ctx, c.dsn(ip, 2), member)
+	return streamingOn(ctx, c.dsn(ip, "5432", 2), member)
 }
 
 // Switchover is what `kubectl annotate pod <candidate> pgwarden.io/role=primary
@@ -605,11 +652,26 @@ func (c *pgwardenCluster) Kill(ctx context.Context, member string) error {
 	if ct.postmaster == 0 {
 		return fmt.Errorf("%s: no postmaster under the instance manager (host PID %d)", member, ct.manager)
 	}
+	rec := &killRecord{id: ct.id, restarted: make(chan struct{})}
 	c.mu.Lock()
-	c.killed[member] = ct.id
+	c.killed[member] = rec
 	c.mu.Unlock()
+	rec.at = time.Now()
 	_ = syscall.Kill(ct.manager, syscall.SIGKILL)
 	_ = syscall.Kill(ct.postmaster, syscall.SIGKILL)
+	// Watch for the kubelet's restart from now on, for the log (Restart
+	// reports when it happened).
+	go func() {
+		deadline := rec.at.Add(eventLimit)
+		for time.Now().Before(deadline) {
+			if nc, err := c.instanceContainer(context.Background(), member); err == nil && nc.id != rec.id {
+				rec.after = time.Since(rec.at)
+				close(rec.restarted)
+				return
+			}
+			time.Sleep(pollInterval)
+		}
+	}()
 	deadline := time.Now().Add(5 * time.Second)
 	for alive(ct.manager) || alive(ct.postmaster) {
 		if time.Now().After(deadline) {
@@ -629,26 +691,25 @@ func (c *pgwardenCluster) RestartsByItself() bool { return true }
 // container running a live instance manager.
 func (c *pgwardenCluster) Restart(ctx context.Context, member string) error {
 	c.mu.Lock()
-	old := c.killed[member]
+	rec := c.killed[member]
+	delete(c.killed, member)
 	c.mu.Unlock()
-	var last error
-	deadline := time.Now().Add(eventLimit)
-	for {
-		ct, err := c.instanceContainer(ctx, member)
-		if err == nil && ct.id != old {
+	if rec != nil {
+		select {
+		case <-rec.restarted:
+			c.o.Log("  %s: the kubelet restarted the container %.2fs after the kill", member, rec.after.Seconds())
 			return nil
-		}
-		if err == nil {
-			err = errors.New("still the killed container")
-		}
-		last = err
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: the kubelet did not restart the container within %s: %v", member, eventLimit, last)
-		}
-		if err := sleep(ctx, pollInterval); err != nil {
-			return err
+		case <-time.After(time.Until(rec.at.Add(eventLimit + time.Second))):
+			return fmt.Errorf("%s: the kubelet did not restart the container within %s", member, eventLimit)
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
+	// Not killed by Kill (healing): wait for a running instance manager.
+	return until(ctx, member+"'s instance manager runs", eventLimit, func() (bool, string) {
+		_, err := c.instanceContainer(ctx, member)
+		return err == nil, fmt.Sprint(err)
+	})
 }
 
 // ManagerPIDs is the host PID of the instance manager, PID 1 of the container.
@@ -745,5 +806,17 @@ func (c *pgwardenCluster) saveLogs(ctx context.Context) {
 	}
 	if c.deployedOperator {
 		save("operator.log", "logs", "-n", pwOperatorNamespace, "deploy/"+pwOperatorName)
+	}
+	// kube-proxy routes the probe through the -rw Service: its log and its
+	// rule-programming metrics explain the Service's share of an outage.
+	copyFile(filepath.Join(c.tbDir, "logs", "kube-proxy.log"), filepath.Join(dir, "kube-proxy.log"))
+	if m, err := c.output(ctx, 10*time.Second, "curl", "-fsS", "--max-time", "5", "http://127.0.0.1:10249/metrics"); err == nil {
+		var keep []string
+		for _, l := range strings.Split(m, "\n") {
+			if strings.HasPrefix(l, "kubeproxy_") {
+				keep = append(keep, l)
+			}
+		}
+		_ = os.WriteFile(filepath.Join(dir, "kube-proxy-metrics.txt"), []byte(strings.Join(keep, "\n")+"\n"), 0o644)
 	}
 }

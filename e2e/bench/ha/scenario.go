@@ -104,6 +104,9 @@ func healthy(ctx context.Context, cl Cluster) error {
 			return fmt.Errorf("%s is not streaming from %s", m, p)
 		}
 	}
+	if sh, ok := cl.(systemHealth); ok {
+		return sh.SystemHealthy(ctx)
+	}
 	return nil
 }
 
@@ -365,7 +368,6 @@ func (b *bench) killRun(ctx context.Context, r *results, run string) error {
 	if restartsByItself(b.cl) {
 		// The platform restarted the member on its own, maybe before the
 		// new primary was writable: time it from the kill.
-		b.log("  kill %s: the platform had restarted it %.2fs after the kill", primary, time.Since(t0).Seconds())
 		t1 = t0
 	}
 	var streaming time.Duration
