@@ -228,7 +228,9 @@ func (b *bench) idleRun(ctx context.Context, r *results) error {
 	var maxRSS, maxCPU float64
 	for _, m := range members {
 		var cpu1, rss float64
+		var parts []string
 		for _, pid := range pids[m] {
+			parts = append(parts, rssParts(pid))
 			s, err := cpuSeconds(pid)
 			if err != nil {
 				return fmt.Errorf("%s's manager went away during the idle window: %w", m, err)
@@ -241,7 +243,7 @@ func (b *bench) idleRun(ctx context.Context, r *results) error {
 			rss += float64(v) / (1 << 20)
 		}
 		pct := (cpu1 - cpu0[m]) / window * 100
-		b.log("  idle %s: manager RSS %.1f MiB, CPU %.2f%% of a core", m, rss, pct)
+		b.log("  idle %s: manager RSS %.1f MiB (%s), CPU %.2f%% of a core", m, rss, strings.Join(parts, "; "), pct)
 		maxRSS, maxCPU = max(maxRSS, rss), max(maxCPU, pct)
 	}
 	r.add(figRSS, maxRSS)
