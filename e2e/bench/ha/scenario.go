@@ -443,7 +443,7 @@ func runSystem(ctx context.Context, sys System, key string, runs int, idle, sett
 	log("%s: healthy after %.1fs", sys.Name(), time.Since(t0).Seconds())
 	if restartsByItself(cl) {
 		r.notes = append(r.notes, rows[figKillStreaming].label+" is timed from the kill, not from a restart: "+
-			"the platform restarts a killed member by itself at once (no honest hook keeps it down)")
+			"the platform restarts a killed member by itself (the kubelet: at once, or after its crash-loop back-off for a pod killed before) and no honest hook keeps it down")
 	}
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
