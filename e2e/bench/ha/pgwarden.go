@@ -273,7 +273,9 @@ func (c *pgwardenCluster) holdNode(ctx context.Context) error {
 		case <-c.nodeDone:
 			b, _ := os.ReadFile(logPath)
 			c.node = nil
-			return fmt.Errorf("with-node.sh ended before the node was up (%v):\n%s", c.nodeErr, tailString(string(b), 30))
+			// One line: the table shows only the first line of the reason.
+			return fmt.Errorf("with-node.sh ended before the node was up (%v): %s", c.nodeErr,
+				strings.ReplaceAll(strings.TrimSpace(tailString(string(b), 3)), "\n", " / "))
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(200 * time.Millisecond):
