@@ -45,7 +45,7 @@ manifests: ## regenerate deepcopy, the CRD and the operator's RBAC from the Go t
 	cp deploy/rbac/role.yaml deploy/helm/pgwarden-operator/files/role.yaml
 
 .PHONY: bench bench-switchover
-bench: build ## HA benchmark, Patroni vs pgwarden on this machine, medians of 3 runs (writes .bench/ha/)
+bench: build build-instance ## HA benchmark, Patroni vs pgwarden (on the node test bed; PGWARDEN_NODE_WAIT=SECONDS queues for it), medians of 3 runs (writes .bench/ha/)
 	$(GO) run ./e2e/bench/ha -runs 3 -systems patroni,pgwarden -o .bench/ha
 
 bench-switchover: build ## switchover by annotation on the api test bed, medians (writes .bench/switchover.md)

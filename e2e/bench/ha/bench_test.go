@@ -149,3 +149,28 @@ func TestPhaseOffset(t *testing.T) {
 		}
 	}
 }
+
+func TestNSPid(t *testing.T) {
+	for _, tc := range []struct {
+		status string
+		want   int
+	}{
+		{"Name:\tpgwarden\nNSpid:\t14216\t1\nThreads:\t9\n", 1}, // PID 1 of a container
+		{"Name:\tpostgres\nNSpid:\t14290\t27\n", 27},            // its postmaster
+		{"Name:\tbash\nNSpid:\t4242\n", 4242},                   // the host's own namespace
+		{"Name:\told kernel\n", 0},                              // no NSpid line
+	} {
+		if got := nsPID(tc.status); got != tc.want {
+			t.Errorf("nsPID(%q) = %d, want %d", tc.status, got, tc.want)
+		}
+	}
+}
+
+func TestReportNotes(t *testing.T) {
+	pw := &results{system: "pgwarden", notes: []string{"figure X is timed from the kill"}}
+	pw.add(figKillStreaming, 3)
+	md := markdown(header{when: time.Unix(0, 0), runs: 1, command: "x"}, &results{system: "Patroni"}, pw)
+	if !strings.Contains(md, "- pgwarden: figure X is timed from the kill.\n") {
+		t.Errorf("table lacks the note:\n%s", md)
+	}
+}

@@ -29,10 +29,26 @@ func run() error {
 	settle := flag.Duration("settle", 5*time.Second, "time a healthy cluster is left alone before each scenario")
 	spread := flag.Duration("phase-spread", 10*time.Second,
 		"faults of successive runs are spread evenly over this much time after the warm-up (≥ the longest manager loop: Patroni's loop_wait)")
+	scenarios := flag.String("scenarios", "idle,switchover,kill", "comma-separated scenarios to run (all three for the README)")
+	pwProbe := flag.String("pgwarden-probe", "service", "pgwarden's probe goes through the -rw Service (service) or to every pod IP with target_session_attrs=read-write like Patroni's (hosts)")
 	pgBinDir := flag.String("pg-bin-dir", "/usr/lib/postgresql/15/bin", "PostgreSQL 15 binaries")
 	flag.Parse()
 	if *runs < 1 {
 		return fmt.Errorf("-runs must be at least 1")
+	}
+	if *pwProbe != "service" && *pwProbe != "hosts" {
+		return fmt.Errorf("-pgwarden-probe must be service or hosts")
+	}
+	only := map[string]bool{}
+	for _, s := range strings.Split(*scenarios, ",") {
+		s = strings.TrimSpace(s)
+		switch s {
+		case "idle", "switchover", "kill":
+			only[s] = true
+		case "":
+		default:
+			return fmt.Errorf("unknown scenario %q in -scenarios (want idle, switchover, kill)", s)
+		}
 	}
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("must run as root (installs packages, runs PostgreSQL as the postgres user)")
@@ -53,7 +69,7 @@ func run() error {
 	logf := func(format string, args ...any) {
 		fmt.Fprintf(os.Stderr, "%s %s\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...))
 	}
-	opts := Options{PGBinDir: *pgBinDir, WorkDir: os.TempDir(), LogDir: outAbs, Log: logf}
+	opts := Options{PGBinDir: *pgBinDir, WorkDir: os.TempDir(), LogDir: outAbs, Log: logf, PgwardenProbe: *pwProbe}
 
 	byKey := map[string]*results{}
 	for _, key := range strings.Split(*sysList, ",") {
@@ -65,7 +81,7 @@ func run() error {
 		if err != nil {
 			return err
 		}
-		byKey[key] = runSystem(ctx, sys, key, *runs, *idle, *settle, *spread, logf)
+		byKey[key] = runSystem(ctx, sys, key, *runs, *idle, *settle, *spread, only, filepath.Join(outAbs, "writes"), logf)
 	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted")

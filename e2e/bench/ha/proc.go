@@ -39,6 +39,24 @@ func parseVmRSS(status string) (int64, error) {
 	return 0, fmt.Errorf("no VmRSS (a zombie or kernel thread?)")
 }
 
+// rssParts describes VmRSS of pid by kind (RssAnon: heap and stacks;
+// RssFile: mapped files, the executable and libraries; RssShmem), for the log.
+func rssParts(pid int) string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return err.Error()
+	}
+	var parts []string
+	for _, line := range strings.Split(string(b), "\n") {
+		for _, k := range []string{"RssAnon:", "RssFile:", "RssShmem:"} {
+			if rest, ok := strings.CutPrefix(line, k); ok {
+				parts = append(parts, strings.TrimSuffix(k, ":")+" "+strings.Join(strings.Fields(rest), " "))
+			}
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
 // cpuSeconds is utime+stime of pid (the process's threads included, its
 // children not).
 func cpuSeconds(pid int) (float64, error) {

@@ -134,6 +134,9 @@ func markdown(h header, patroni, pgwarden *results) string {
 		if r.absent != "" {
 			fmt.Fprintf(&b, "- %s: n/a — %s.\n", r.system, firstLine(r.absent))
 		}
+		for _, n := range r.notes {
+			fmt.Fprintf(&b, "- %s: %s.\n", r.system, n)
+		}
 		for _, f := range r.failed {
 			fmt.Fprintf(&b, "- %s: failed %s\n", r.system, firstLine(f))
 		}

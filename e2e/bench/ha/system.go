@@ -72,6 +72,27 @@ type Cluster interface {
 	Stop(ctx context.Context) error
 }
 
+// selfRestarter is implemented by a Cluster whose platform restarts a killed
+// member by itself (pgwarden: the kubelet restarts the container). Its Restart
+// only waits for that restart, and "killed member restarted → streaming
+// again" is timed from the kill instead of from Restart.
+type selfRestarter interface{ RestartsByItself() bool }
+
+func restartsByItself(cl Cluster) bool {
+	s, ok := cl.(selfRestarter)
+	return ok && s.RestartsByItself()
+}
+
+// systemHealth is implemented by a Cluster whose system has its own notion of
+// healthy that can lag behind "a primary and streaming replicas" (pgwarden:
+// the PostgresCluster's phase is Healthy only once every pod is Ready, and a
+// switchover requested before that is refused). The harness waits for it too
+// before each scenario, so that no action lands while the system would
+// rightly refuse it.
+type systemHealth interface {
+	SystemHealthy(ctx context.Context) error
+}
+
 // ErrNoPrimary is returned by Cluster.Primary while the cluster has no primary.
 var ErrNoPrimary = errors.New("no primary")
 
@@ -85,6 +106,11 @@ type Options struct {
 	WorkDir  string // parent of the temporary directories
 	LogDir   string // where Stop leaves the system's logs ("" = nowhere)
 	Log      func(format string, args ...any)
+	// PgwardenProbe is how pgwarden's write probe reaches the primary:
+	// "service" (the -rw Service, what the README's table uses) or "hosts"
+	// (every pod IP with target_session_attrs=read-write, the mechanism of
+	// Patroni's probe: it leaves kube-proxy out of the figures).
+	PgwardenProbe string
 }
 
 var systems = map[string]func(Options) System{}
