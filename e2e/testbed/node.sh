@@ -436,7 +436,9 @@ metricsBindAddress: 127.0.0.1:10249
 nodePortAddresses: [$BRIDGE_IP/32]
 # Leave the host's conntrack settings alone.
 conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
-iptables: {localhostNodePorts: false, minSyncPeriod: 0s, syncPeriod: 30s}
+# minSyncPeriod 1s is kube-proxy's default (0s would also mean 1s): Service changes reach the
+# node's rules at most once a second, as on real clusters, so measured failovers include it.
+iptables: {localhostNodePorts: false, minSyncPeriod: 1s, syncPeriod: 30s}
 EOF
   put "$TB/config/Corefile" <<EOF
 .:53 {
