@@ -2,6 +2,7 @@ package operator
 
 import (
 	"context"
+	"fmt"
 	"os/exec"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	pgv1 "github.com/pgwarden/pgwarden/api/v1"
 	"github.com/pgwarden/pgwarden/e2e/testbed"
+	"github.com/pgwarden/pgwarden/pkg/postgres"
 )
 
 // TestValidation: the API server itself rejects every invalid field, with a message naming it,
@@ -98,6 +100,39 @@ func TestValidation(t *testing.T) {
 			}
 		})
 	}
+	// The API server refuses exactly the parameters the instance manager would refuse at start
+	// (pkg/postgres), so a bad parameter is an error on apply, not a crash-looping pod.
+	t.Run("parameters agree with the instance manager", func(t *testing.T) {
+		type param struct{ name, value string }
+		var cases []param
+		for _, name := range postgres.OwnedParameters() {
+			cases = append(cases, param{name, "x"})
+		}
+		cases = append(cases, param{"PORT", "5433"}, param{"Listen_Addresses", "*"},
+			param{"wal_level", "minimal"}, param{"wal_level", "replica"}, param{"wal_level", "LOGICAL"},
+			param{"full_page_writes", "off"}, param{"full_page_writes", "OFF"}, param{"full_page_writes", "no"},
+			param{"full_page_writes", "0"}, param{"full_page_writes", "on"}, param{"full_page_writes", "true"},
+			param{"max_wal_senders", "0"}, param{"max_wal_senders", "-1"}, param{"max_wal_senders", "ten"},
+			param{"max_wal_senders", "10"}, param{"max_replication_slots", "0"}, param{"max_replication_slots", "20"},
+			param{"shared_buffers", "256MB"}, param{"work_mem", "8MB"})
+		for i, pc := range cases {
+			instanceErr := postgres.ValidateParameters(map[string]string{pc.name: pc.value})
+			p := newCluster(ns, fmt.Sprintf("param-%d", i), 3)
+			p.Spec.PostgreSQL.Parameters = map[string]string{pc.name: pc.value}
+			apiErr := c.Create(ctx, p)
+			if apiErr == nil {
+				_ = c.Delete(ctx, p)
+			}
+			switch {
+			case instanceErr != nil && apiErr == nil:
+				t.Errorf("%s = %q: the API server accepts it, the instance manager refuses it: %v", pc.name, pc.value, instanceErr)
+			case instanceErr == nil && apiErr != nil:
+				t.Errorf("%s = %q: the API server refuses it, the instance manager accepts it: %v", pc.name, pc.value, apiErr)
+			case apiErr != nil && !strings.Contains(apiErr.Error(), "spec.postgresql.parameters"):
+				t.Errorf("%s = %q: the error does not name spec.postgresql.parameters: %v", pc.name, pc.value, apiErr)
+			}
+		}
+	})
 	t.Run("storage grows", func(t *testing.T) {
 		p := getCluster(t, c, ns, "ok")
 		p.Spec.Storage.Size = resource.MustParse("2Gi")
