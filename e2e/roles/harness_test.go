@@ -144,7 +144,8 @@ func newCluster(t *testing.T, n int) *cluster {
 		m := c.newMember(name, fmt.Sprintf("127.0.77.%d", i+1))
 		pod := &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace,
-				Annotations: map[string]string{roles.DesiredRoleAnnotation: role}},
+				Annotations: map[string]string{roles.DesiredRoleAnnotation: role},
+				Labels:      map[string]string{"pgwarden.io/cluster": clusterName}},
 			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "postgres", Image: "pgwarden.local/pgwarden:test"}}},
 		}
 		created, err := c.admin.CoreV1().Pods(namespace).Create(ctx, pod, metav1.CreateOptions{})

@@ -63,3 +63,31 @@ func TestShutdownHandsOver(t *testing.T) {
 		t.Errorf("members that accepted probe writes, in time order: %v; want demo-0, demo-1", runs)
 	}
 }
+
+// TestRestartedPrimaryHandsOver: the primary's container is killed and
+// restarts at once, before the operator's decision lands: it comes back as
+// primary (it still holds the Lease), and is demoted right after, with its
+// replicas not yet reconnected. It waits for them before it shuts down, so the
+// successor receives the final LSN it is handed and promotes (before, the
+// successor waited for it forever and the cluster had no primary).
+func TestRestartedPrimaryHandsOver(t *testing.T) {
+	c := newCluster(t, 3)
+	c.startAll()
+	m0, m1, m2 := c.members[0], c.members[1], c.members[2]
+	waitFor(t, 60*time.Second, "demo-1 and demo-2 to stream from demo-0", func() bool {
+		return m1.streamingFrom(m0) && m2.streamingFrom(m0)
+	})
+	m0.exec("CREATE TABLE before_kill (i int)")
+	_ = syscall.Kill(-m0.cmd.Process.Pid, syscall.SIGKILL) // manager and postmaster, like a container kill
+	select {
+	case <-m0.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("demo-0 did not die")
+	}
+	m0.start() // the kubelet restarts the container at once
+	waitFor(t, 60*time.Second, "demo-0 to be primary again", m0.isPrimary)
+	c.annotate(m0.name, "replica", m1.name, "primary") // the operator's failover lands now
+	waitFor(t, 60*time.Second, "demo-1 to accept a write", m1.acceptsWrite)
+	waitFor(t, 60*time.Second, "demo-0 to stream from demo-1", func() bool { return m0.streamingFrom(m1) })
+	waitFor(t, 60*time.Second, "demo-2 to stream from demo-1", func() bool { return m2.streamingFrom(m1) })
+}

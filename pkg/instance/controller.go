@@ -781,7 +781,10 @@ func (c *controller) holdStopped(ctx context.Context) {
 // last common checkpoint, which crash recovery's own checkpoint would
 // otherwise recycle) and that a rewound or lagging replica finds the WAL it
 // needs on the new primary without a replication slot.
-var roleSettings = map[string]string{"wal_keep_size": "256MB"}
+//
+// wal_retrieve_retry_interval 1s: a replica whose primary restarted (or was
+// replaced) reconnects within a second instead of five.
+var roleSettings = map[string]string{"wal_keep_size": "256MB", "wal_retrieve_retry_interval": "1s"}
 
 // --- rejoin: the one way postgres starts in Kubernetes mode ---
 
@@ -1244,6 +1247,42 @@ func (c *controller) awaitFinalLSN(ctx context.Context, conn *pgx.Conn, f *roles
 // demote turns the primary into a replica in place: unlabel, checkpoint,
 // fast shutdown within --switchover-delay, release the Lease with the final
 // LSN; rejoin follows (phaseRejoining).
+// reconnectSettle is how long a freshly started primary waits, at most,
+// before a demotion shuts it down: three of the replicas' reconnect intervals
+// (wal_retrieve_retry_interval 1s, roleSettings), so that every standby that
+// streamed from it before it restarted is connected again.
+const reconnectSettle = 3 * time.Second
+
+// awaitStandbys holds a demotion until postgres has been up for
+// reconnectSettle (bounded by the switchover delay). A fast shutdown sends all
+// WAL to the standbys connected at that moment, and the successor promotes
+// only once it has the final LSN handed over on the Lease: when a primary's
+// container restarts and the failover decided meanwhile demotes it at once,
+// its replicas have not reconnected yet, and the successor would wait forever
+// for WAL that only this stopped server has. A primary up for longer (every
+// planned switchover) does not wait.
+func (c *controller) awaitStandbys(ctx context.Context, conn *pgx.Conn) {
+	deadline := time.Now().Add(min(reconnectSettle, c.o.SwitchoverDelay))
+	for {
+		var streaming int
+		var upSeconds float64
+		qctx, cancel := context.WithTimeout(ctx, time.Second)
+		err := conn.QueryRow(qctx, `SELECT (SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'),
+			extract(epoch FROM now() - pg_postmaster_start_time())::float8`).Scan(&streaming, &upSeconds)
+		cancel()
+		if err != nil || upSeconds >= reconnectSettle.Seconds() || ctx.Err() != nil || time.Now().After(deadline) {
+			if err == nil && upSeconds < reconnectSettle.Seconds() {
+				c.log.Info("demoting a primary that started moments ago", "upSeconds", upSeconds, "standbysStreaming", streaming)
+			}
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
 func (c *controller) demote(ctx context.Context) error {
 	if !c.setPhase(phaseDemoting) {
 		return nil
@@ -1252,6 +1291,7 @@ func (c *controller) demote(ctx context.Context) error {
 	c.setLabel(ctx, roles.RoleNone)
 	go c.prober.CheckNow(context.WithoutCancel(ctx))
 	if conn, err := c.connect(ctx); err == nil {
+		c.awaitStandbys(ctx, conn)
 		cctx, cancel := context.WithTimeout(ctx, min(c.o.SwitchoverDelay, 30*time.Second))
 		if err := postgres.Checkpoint(cctx, conn); err != nil {
 			c.log.Warn("checkpoint before demotion failed", "error", err.Error())
