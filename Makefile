@@ -32,6 +32,7 @@ clean: ## remove build output
 	rm -rf bin
 
 include e2e/testbed/testbed.mk
+include e2e/node/node.mk
 
 CONTROLLER_GEN ?= $(GO) run sigs.k8s.io/controller-tools/cmd/controller-gen@v0.21.0
 

@@ -27,7 +27,7 @@ type Config struct {
 	RWHost   string
 	Password string
 	// Clients writing through the Service (default 4), each pausing Pause between writes
-	// (default 20 ms).
+	// (default 50 ms).
 	Clients int
 	Pause   time.Duration
 	// ProbeEvery is the interval of the direct writes to each instance (default 100 ms).
@@ -73,7 +73,7 @@ func (c *Config) defaults() {
 		c.Clients = 4
 	}
 	if c.Pause == 0 {
-		c.Pause = 20 * time.Millisecond
+		c.Pause = 50 * time.Millisecond
 	}
 	if c.ProbeEvery == 0 {
 		c.ProbeEvery = 100 * time.Millisecond

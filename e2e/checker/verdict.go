@@ -278,12 +278,15 @@ type Verdict struct {
 	// not happen (e.g. the fault did not move the primary).
 	WritableElsewhere time.Duration
 	NewPrimary        string
+	// WritableAgain is the time from the fault until the Service first acknowledged a write
+	// sent after it, on any instance; -1 when none was.
+	WritableAgain time.Duration
 }
 
 // Judge computes the verdict. present is the set of keys found on the final primary; fault is
 // when the fault was injected and faulted the instance that was primary then.
 func Judge(writes []Write, obs []LeaseObs, present map[string]bool, fault time.Time, faulted string, tolerance time.Duration) Verdict {
-	v := Verdict{WritableElsewhere: -1}
+	v := Verdict{WritableElsewhere: -1, WritableAgain: -1}
 	var acks []time.Time
 	first, last := time.Time{}, time.Time{}
 	for _, w := range writes {
@@ -303,6 +306,9 @@ func Judge(writes []Write, obs []LeaseObs, present map[string]bool, fault time.T
 			acks = append(acks, w.Acked)
 			if !present[w.Key] {
 				v.Lost = append(v.Lost, w.Key)
+			}
+			if d := w.Acked.Sub(fault); !fault.IsZero() && !w.Sent.Before(fault) && (v.WritableAgain < 0 || d < v.WritableAgain) {
+				v.WritableAgain = d
 			}
 			if !fault.IsZero() && w.Server != faulted && !w.Sent.Before(fault) {
 				if d := w.Acked.Sub(fault); v.WritableElsewhere < 0 || d < v.WritableElsewhere {

@@ -200,13 +200,16 @@ func TestJudge(t *testing.T) {
 	if v.WritableElsewhere != at(10).Sub(at(3.2)) || v.NewPrimary != "y" {
 		t.Fatalf("writable elsewhere %v on %s", v.WritableElsewhere, v.NewPrimary)
 	}
+	if v.WritableAgain != at(10).Sub(at(3.2)) {
+		t.Fatalf("writable again %v", v.WritableAgain)
+	}
 	if len(v.SplitBrain) != 0 {
 		t.Fatalf("split brain %v", v.SplitBrain)
 	}
 
 	// No write elsewhere: -1. An outage running to the end of the run counts.
 	v = Judge(writes[:4], obs, present, at(2.5), "x", 0)
-	if v.WritableElsewhere != -1 || v.LongestOutage != at(8.5).Sub(at(3.01)) {
+	if v.WritableElsewhere != -1 || v.WritableAgain != at(3.01).Sub(at(2.5)) || v.LongestOutage != at(8.5).Sub(at(3.01)) {
 		t.Fatalf("%+v", v)
 	}
 }
