@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -99,6 +100,9 @@ func TestFaults(t *testing.T) {
 	want := envList("PGWARDEN_FAULTS", names)
 	var chosen []scenario
 	for _, n := range want {
+		if n == "checker-control" {
+			continue
+		}
 		found := false
 		for _, s := range all {
 			if s.name == n {
@@ -188,6 +192,62 @@ func TestFaults(t *testing.T) {
 				run(m, s, 1)
 			}
 		}
+	}
+	if os.Getenv("PGWARDEN_FAULTS") == "" || slices.Contains(want, "checker-control") {
+		// Last, as it leaves its cluster broken: the checker must see a split brain made on purpose.
+		t.Run(modes[0]+"/checker-control", func(st *testing.T) {
+			ce := *clusters[modes[0]]
+			ce.t = st
+			ce.checkerControl()
+		})
+	}
+}
+
+// checkerControl is the checker's negative control: a replica promoted behind pgwarden's back
+// (pg_promote over SQL, no Lease) takes writes while another instance holds the Lease. The
+// checker must report it as split brain; if it did not, its zeros above would mean nothing.
+func (e *env) checkerControl() {
+	primary := e.waitHealthy("", 4*time.Minute)
+	e.waitAllStreaming(primary, 3*time.Minute)
+	rogue := e.someReplica(primary)
+	chk, err := checker.Start(e.checkerConfig(), fmt.Sprintf("control-%d", time.Now().UnixMilli()%100000))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.until("the checker's first acknowledged writes", time.Minute, func() (bool, string) {
+		return chk.Acked() >= 20, fmt.Sprintf("%d acknowledged", chk.Acked())
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := e.connect(ctx, e.podIP(rogue))
+	if err != nil {
+		chk.Stop()
+		e.t.Fatal(err)
+	}
+	fault := time.Now()
+	_, err = conn.Exec(ctx, "SELECT pg_promote(true, 30)")
+	conn.Close(context.Background())
+	if err != nil {
+		chk.Stop()
+		e.t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second) // probes hit the rogue primary
+	rec := chk.Stop()
+	v := checker.Judge(rec.Writes, rec.Lease, nil, fault, primary, 0)
+	var onRogue int
+	for _, w := range v.SplitBrain {
+		if w.Instance == rogue {
+			onRogue += w.Writes
+		}
+	}
+	var wins []string
+	for _, w := range v.SplitBrain {
+		wins = append(wins, w.String())
+	}
+	e.t.Logf("control: %s promoted behind pgwarden's back while %s held the Lease: %d split-brain windows, %d writes on %s:\n  %s",
+		rogue, primary, len(v.SplitBrain), onRogue, rogue, strings.Join(wins, "\n  "))
+	if onRogue == 0 {
+		e.t.Fatalf("the checker saw no split brain on %s, promoted without the Lease", rogue)
 	}
 }
 
@@ -475,8 +535,10 @@ func (r *faultRun) partitionPrimary() {
 	}
 	defer ns.close()
 	rules := [][]string{
-		{"-d", "10.96.0.0/16", "-j", "DROP"},
-		{"-d", "10.244.0.1", "-p", "tcp", "--dport", "6443", "-j", "DROP"},
+		{"-d", "10.96.0.0/16", "-j", "DROP"}, // Service IPs, the API server's 10.96.0.1 among them
+		{"-s", "10.96.0.0/16", "-j", "DROP"}, // (and answers on connections already open)
+		{"-d", "10.244.0.1", "-p", "tcp", "--dport", "6443", "-j", "DROP"}, // the node address's API port
+		{"-s", "10.244.0.1", "-p", "tcp", "--sport", "6443", "-j", "DROP"},
 		{"-s", "10.244.0.1", "-j", "RETURN"},
 		{"-d", "10.244.0.1", "-j", "RETURN"},
 		{"-s", "10.244.0.0/16", "-j", "DROP"},
