@@ -610,8 +610,10 @@ func (r *faultRun) operatorLeader() string {
 	return pod
 }
 
-// killPrimaryAndOperatorLeader kills the primary's container and at once the operator leader's:
-// the standby operator must take over and finish the failover.
+// killPrimaryAndOperatorLeader kills the primary's container, and the operator leader's as soon
+// as it has decided the failover (status.targetPrimary moved): the standby operator must take
+// over and finish it. (Killing the leader together with the primary is no test of that: the
+// primary's container restarts at once and resumes as primary before any operator acts.)
 func (r *faultRun) killPrimaryAndOperatorLeader() {
 	leader := r.operatorLeader()
 	op, err := r.e.cs.CoreV1().Pods(operatorNamespace).Get(context.Background(), leader, metav1.GetOptions{})
@@ -619,10 +621,36 @@ func (r *faultRun) killPrimaryAndOperatorLeader() {
 		r.e.t.Fatal(err)
 	}
 	r.killPrimaryContainer()
+	deadline := time.Now().Add(time.Minute)
+	var target string
+	for time.Now().Before(deadline) {
+		var pc pgv1.PostgresCluster
+		if err := r.e.c.Get(context.Background(), types.NamespacedName{Namespace: r.e.ns, Name: r.e.cluster}, &pc); err == nil &&
+			pc.Status.TargetPrimary != r.primary {
+			target = pc.Status.TargetPrimary
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if target == "" {
+		r.e.t.Fatalf("the operator leader %s did not start a failover away from %s within a minute", leader, r.primary)
+	}
+	decided := time.Since(r.faultAt)
 	if err := killContainer(op, "operator"); err != nil {
 		r.e.t.Fatal(err)
 	}
-	r.note = "primary's container and operator leader " + leader + " killed"
+	r.note = fmt.Sprintf("primary's container killed; operator leader %s killed %v later, once it chose %s", leader,
+		decided.Round(10*time.Millisecond), target)
+	primarySettled := r.settled
+	r.settled = func() (bool, string) {
+		if ok, why := primarySettled(); !ok {
+			return false, why
+		}
+		if !strings.Contains(r.note, "leader now") {
+			r.note += "; leader now " + r.operatorLeader()
+		}
+		return true, ""
+	}
 }
 
 // unreadyPrimary makes the primary's readiness probe fail (the kubelet's GET /readyz is dropped
