@@ -189,9 +189,20 @@ func (c *Checker) record(w Write) {
 }
 
 func connect(ctx context.Context, cfg Config, host string) (*pgx.Conn, error) {
+	return connectWith(ctx, cfg, host, nil)
+}
+
+// quietParams keep the probes' refused writes on replicas (ten a second each) out of the
+// server's log; the connection is a superuser's, which may set them at startup.
+var quietParams = map[string]string{"log_min_messages": "fatal", "log_min_error_statement": "panic"}
+
+func connectWith(ctx context.Context, cfg Config, host string, params map[string]string) (*pgx.Conn, error) {
 	pc, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=5432 user=postgres dbname=postgres sslmode=disable application_name=checker", host))
 	if err != nil {
 		return nil, err
+	}
+	for k, v := range params {
+		pc.RuntimeParams[k] = v
 	}
 	pc.Password = cfg.Password
 	pc.ConnectTimeout = cfg.ConnectTimeout
@@ -287,7 +298,7 @@ func (c *Checker) prober(ctx context.Context, name string) {
 		if conn == nil {
 			cctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
 			var err error
-			conn, err = connect(cctx, c.cfg, ip)
+			conn, err = connectWith(cctx, c.cfg, ip, quietParams)
 			cancel()
 			if err != nil {
 				conn = nil

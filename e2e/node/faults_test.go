@@ -158,12 +158,28 @@ func TestFaults(t *testing.T) {
 		t.Logf("%s cluster Healthy, all streaming, checker tables ready after %v (primary %s)", m, time.Since(t0).Round(10*time.Millisecond), primary)
 	}
 
+	rebuilt := 0
 	run := func(m string, s scenario, i int) {
-		t.Run(fmt.Sprintf("%s/%s/%d", m, s.name, i), func(st *testing.T) {
+		ok := t.Run(fmt.Sprintf("%s/%s/%d", m, s.name, i), func(st *testing.T) {
 			ce := *clusters[m]
 			ce.t = st
 			ce.runScenario(m, s, i, res)
 		})
+		if ok {
+			return
+		}
+		// The failure is reported; the next scenarios get a fresh cluster instead of a broken one
+		// (the broken one stays until the end, for its logs and events).
+		rebuilt++
+		ce := *clusters[m]
+		ce.ns = fmt.Sprintf("%s-%s-r%d", base.ns, m, rebuilt)
+		t0 := time.Now()
+		ce.createCluster()
+		primary := ce.waitHealthy("", 6*time.Minute)
+		ce.waitAllStreaming(primary, 3*time.Minute)
+		ce.prepareChecker(time.Minute)
+		clusters[m] = &ce
+		t.Logf("%s: a fresh cluster in %s after the failure of %s (%v)", m, ce.ns, s.name, time.Since(t0).Round(10*time.Millisecond))
 	}
 	if soak > 0 {
 		seed := uint64(time.Now().UnixNano())
@@ -180,9 +196,6 @@ func TestFaults(t *testing.T) {
 				continue
 			}
 			run(m, s, i)
-			if t.Failed() {
-				t.Fatalf("soak stopped at fault %d of %d", i, soak)
-			}
 		}
 		return
 	}
