@@ -37,6 +37,7 @@ import (
 //	PGWARDEN_FAULT_MODES comma-separated modes: async, sync (default both)
 //	PGWARDEN_SOAK        N > 0: instead of each scenario once, N random faults back to back
 //	PGWARDEN_SOAK_SEED   the soak's random seed (default: the time; logged)
+//	PGWARDEN_SOAK_FOR    a duration: start no new fault after it (the log says how many ran)
 //	PGWARDEN_FAULTS_OUT  results directory (default <checkout>/.bench/faults)
 
 // faultRun is one scenario run on one cluster.
@@ -188,7 +189,19 @@ func TestFaults(t *testing.T) {
 		}
 		t.Logf("soak: %d faults from %d scenarios in modes %v, seed %d (PGWARDEN_SOAK_SEED)", soak, len(chosen), modes, seed)
 		rng := rand.New(rand.NewPCG(seed, seed))
+		var until time.Time
+		if v := os.Getenv("PGWARDEN_SOAK_FOR"); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				t.Fatalf("PGWARDEN_SOAK_FOR=%q: %v", v, err)
+			}
+			until = time.Now().Add(d)
+		}
 		for i := 1; i <= soak; i++ {
+			if !until.IsZero() && time.Now().After(until) {
+				t.Logf("soak: PGWARDEN_SOAK_FOR is over: %d of %d faults ran", i-1, soak)
+				break
+			}
 			m := modes[rng.IntN(len(modes))]
 			s := chosen[rng.IntN(len(chosen))]
 			if s.mode != "" && s.mode != m {
