@@ -37,7 +37,8 @@ import (
 //	PGWARDEN_FAULT_MODES comma-separated modes: async, sync (default both)
 //	PGWARDEN_SOAK        N > 0: instead of each scenario once, N random faults back to back
 //	PGWARDEN_SOAK_SEED   the soak's random seed (default: the time; logged)
-//	PGWARDEN_SOAK_FOR    a duration: start no new fault after it (the log says how many ran)
+//	PGWARDEN_SOAK_FOR    a duration or an RFC 3339 time: start no new fault after it (the log
+//	                     says how many ran)
 //	PGWARDEN_FAULTS_OUT  results directory (default <checkout>/.bench/faults)
 
 // faultRun is one scenario run on one cluster.
@@ -191,11 +192,11 @@ func TestFaults(t *testing.T) {
 		rng := rand.New(rand.NewPCG(seed, seed))
 		var until time.Time
 		if v := os.Getenv("PGWARDEN_SOAK_FOR"); v != "" {
-			d, err := time.ParseDuration(v)
-			if err != nil {
-				t.Fatalf("PGWARDEN_SOAK_FOR=%q: %v", v, err)
+			if d, err := time.ParseDuration(v); err == nil {
+				until = time.Now().Add(d)
+			} else if until, err = time.Parse(time.RFC3339, v); err != nil {
+				t.Fatalf("PGWARDEN_SOAK_FOR=%q: want a duration or an RFC 3339 time", v)
 			}
-			until = time.Now().Add(d)
 		}
 		for i := 1; i <= soak; i++ {
 			if !until.IsZero() && time.Now().After(until) {
