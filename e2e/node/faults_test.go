@@ -298,6 +298,12 @@ func (e *env) runScenario(mode string, s scenario, i int, res *results) {
 		return n >= 20, fmt.Sprintf("%d acknowledged", n)
 	})
 	r := &faultRun{e: e, mode: mode, chk: chk, primary: primary, moves: s.moves}
+	recorded := false
+	defer func() {
+		if !recorded {
+			res.addFailure(mode, s.name, r)
+		}
+	}()
 	r.faultAt = time.Now()
 	s.inject(r)
 
@@ -346,6 +352,7 @@ func (e *env) runScenario(mode string, s scenario, i int, res *results) {
 	e.t.Logf("%s/%s: fault on %s; Healthy with all streaming after %v, primary %s; %s%s", mode, s.name, r.primary,
 		healthy.Round(10*time.Millisecond), final, v.Summary(), noteSuffix(r.note))
 	res.add(mode, s.name, r, v, healthy, final)
+	recorded = true
 	if len(v.SplitBrain) > 0 {
 		e.t.Errorf("%d split-brain windows", len(v.SplitBrain))
 	}

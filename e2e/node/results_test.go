@@ -31,6 +31,7 @@ type resultRow struct {
 	healthy                     time.Duration
 	acked, lost, inDoubt, split int
 	from, to, note              string
+	failed                      bool
 }
 
 const tsvHeader = "time\tmode\tscenario\tfaulted\tnew_primary\twritable_elsewhere_s\twritable_again_s\tlongest_outage_s\thealthy_s\tacked\tlost\tin_doubt\tsplit_brain\tnote\n"
@@ -78,6 +79,22 @@ func (r *results) add(mode, scenario string, fr *faultRun, v checker.Verdict, he
 	}
 }
 
+// addFailure records a run that did not get as far as a verdict (it failed; the test log says
+// why): it counts in the summary as a failed run.
+func (r *results) addFailure(mode, scenario string, fr *faultRun) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	row := resultRow{mode: mode, scenario: scenario, from: fr.primary, failed: true,
+		note: "FAILED before a verdict (see the test log); " + fr.note}
+	r.rows = append(r.rows, row)
+	line := strings.Join([]string{time.Now().UTC().Format(time.RFC3339), mode, scenario, fr.primary, "", "-", "-", "-", "-",
+		"-", "-", "-", "-", strings.ReplaceAll(row.note, "\t", " ")}, "\t") + "\n"
+	if f, err := os.OpenFile(r.path("tsv"), os.O_APPEND|os.O_WRONLY, 0); err == nil {
+		_, _ = f.WriteString(line)
+		f.Close()
+	}
+}
+
 // stat is "median (max)" of the durations that happened, "-" when none did.
 func stat(ds []time.Duration) string {
 	var have []time.Duration
@@ -120,12 +137,20 @@ func (r *results) writeMarkdown() {
 	}
 	for _, k := range order {
 		var el, ag, ou, he []time.Duration
-		acked, lost, split := 0, 0, 0
+		acked, lost, split, failed := 0, 0, 0, 0
 		for _, row := range groups[k] {
+			if row.failed {
+				failed++
+				continue
+			}
 			el, ag, ou, he = append(el, row.elsewhere), append(ag, row.again), append(ou, row.outage), append(he, row.healthy)
 			acked, lost, split = acked+row.acked, lost+row.lost, split+row.split
 		}
-		fmt.Fprintf(&b, "| %s | %s | %d | %s | %s | %s | %s | %d | %d | %d |\n", k.scenario, k.mode, len(groups[k]),
+		runs := fmt.Sprint(len(groups[k]))
+		if failed > 0 {
+			runs += fmt.Sprintf(" (%d FAILED)", failed)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %d | %d | %d |\n", k.scenario, k.mode, runs,
 			stat(el), stat(ag), stat(ou), stat(he), acked, lost, split)
 	}
 	b.WriteString("\nRuns:\n\n| # | mode | scenario | faulted → primary | elsewhere s | outage s | Healthy s | acked | lost | in doubt | split | note |\n| ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n")
