@@ -18,10 +18,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	pgv1 "github.com/pgwarden/pgwarden/api/v1"
 	"github.com/pgwarden/pgwarden/e2e/checker"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	"github.com/pgwarden/pgwarden/pkg/roles"
 )
 
@@ -569,8 +569,8 @@ func (r *faultRun) partitionPrimary() {
 	}
 	defer ns.close()
 	rules := [][]string{
-		{"-d", "10.96.0.0/16", "-j", "DROP"}, // Service IPs, the API server's 10.96.0.1 among them
-		{"-s", "10.96.0.0/16", "-j", "DROP"}, // (and answers on connections already open)
+		{"-d", "10.96.0.0/16", "-j", "DROP"},                               // Service IPs, the API server's 10.96.0.1 among them
+		{"-s", "10.96.0.0/16", "-j", "DROP"},                               // (and answers on connections already open)
 		{"-d", "10.244.0.1", "-p", "tcp", "--dport", "6443", "-j", "DROP"}, // the node address's API port
 		{"-s", "10.244.0.1", "-p", "tcp", "--sport", "6443", "-j", "DROP"},
 		{"-s", "10.244.0.1", "-j", "RETURN"},
