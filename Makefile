@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X github.com/pgwarden/pgwarden/pkg/version.Version=$(VERSION)
 
 .PHONY: help build build-instance test unit deps clean
 help: ## list targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
 build: ## build bin/pgwarden and the kubectl plugin bin/kubectl-pgwarden
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/pgwarden ./cmd/pgwarden
@@ -34,6 +34,7 @@ clean: ## remove build output
 
 include e2e/testbed/testbed.mk
 include e2e/demo/demo.mk
+include e2e/node/node.mk
 
 CONTROLLER_GEN ?= $(GO) run sigs.k8s.io/controller-tools/cmd/controller-gen@v0.21.0
 

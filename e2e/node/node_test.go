@@ -49,6 +49,11 @@ type env struct {
 	c       client.Client
 	ns      string
 	writes  int // acknowledged writes through -rw
+	// cluster is the PostgresCluster's name; overlay the kustomization the operator is deployed
+	// from; syncNumber its replication.synchronous.number.
+	cluster    string
+	overlay    string
+	syncNumber int32
 }
 
 // TestNode: the operator and real instance pods together on the node test bed.
@@ -109,7 +114,7 @@ func setup(t *testing.T) *env {
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
 	e := &env{t: t, root: root, node: node, kubectl: testbed.Binary(t, "kubectl"), cs: node.Clientset(t), c: c,
-		ns: "node-e2e-" + hex.EncodeToString(b)}
+		ns: "node-e2e-" + hex.EncodeToString(b), cluster: clusterName, overlay: filepath.Join("e2e", "node", "deploy")}
 	// The test deploys the operator and removes it afterwards: it must not take over one that a
 	// user deployed (make demo).
 	if _, err := e.cs.CoreV1().Namespaces().Get(context.Background(), operatorNamespace, metav1.GetOptions{}); err == nil {
@@ -148,7 +153,7 @@ func (e *env) buildImages() {
 
 func (e *env) deployOperator() {
 	e.t.Cleanup(e.removeOperator)
-	e.run(e.kubectl, "apply", "-k", filepath.Join("e2e", "node", "deploy"))
+	e.run(e.kubectl, "apply", "-k", e.overlay)
 	e.until("the operator Deployment is available", 2*time.Minute, func() (bool, string) {
 		var d appsv1.Deployment
 		if err := e.c.Get(context.Background(), types.NamespacedName{Namespace: operatorNamespace, Name: operatorName}, &d); err != nil {
@@ -163,7 +168,7 @@ func (e *env) removeOperator() {
 	if e.t.Failed() {
 		e.dumpLogs(operatorNamespace, "app.kubernetes.io/name="+operatorName)
 	}
-	cmd := exec.Command(e.kubectl, "delete", "-k", filepath.Join("e2e", "node", "deploy"), "--ignore-not-found", "--wait=true", "--timeout=120s")
+	cmd := exec.Command(e.kubectl, "delete", "-k", e.overlay, "--ignore-not-found", "--wait=true", "--timeout=120s")
 	cmd.Dir = e.root
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+e.node.Kubeconfig)
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -184,10 +189,11 @@ func (e *env) createCluster() {
 	// while the cluster goes away.
 	e.t.Cleanup(e.removeCluster)
 	pc := &pgv1.PostgresCluster{
-		ObjectMeta: metav1.ObjectMeta{Name: clusterName, Namespace: e.ns},
+		ObjectMeta: metav1.ObjectMeta{Name: e.cluster, Namespace: e.ns},
 		Spec: pgv1.PostgresClusterSpec{
-			Instances: instances,
-			Storage:   pgv1.StorageSpec{Size: resource.MustParse("1Gi")},
+			Instances:   instances,
+			Storage:     pgv1.StorageSpec{Size: resource.MustParse("1Gi")},
+			Replication: pgv1.ReplicationSpec{Synchronous: pgv1.SynchronousSpec{Number: e.syncNumber}},
 		},
 	}
 	if err := e.c.Create(ctx, pc); err != nil {
@@ -198,12 +204,12 @@ func (e *env) createCluster() {
 func (e *env) removeCluster() {
 	ctx := context.Background()
 	if e.t.Failed() {
-		e.dumpLogs(e.ns, clusterLabel+"="+clusterName)
+		e.dumpLogs(e.ns, clusterLabel+"="+e.cluster)
 		if out, err := exec.Command(e.kubectl, "--kubeconfig", e.node.Kubeconfig, "get", "events", "-n", e.ns, "--sort-by=.lastTimestamp").CombinedOutput(); err == nil {
 			e.t.Logf("events:\n%s", out)
 		}
 	}
-	pc := &pgv1.PostgresCluster{ObjectMeta: metav1.ObjectMeta{Name: clusterName, Namespace: e.ns}}
+	pc := &pgv1.PostgresCluster{ObjectMeta: metav1.ObjectMeta{Name: e.cluster, Namespace: e.ns}}
 	if err := e.c.Delete(ctx, pc); err != nil && !apierrors.IsNotFound(err) {
 		e.t.Errorf("deleting the cluster: %v", err)
 	}
@@ -269,7 +275,7 @@ func (e *env) until(what string, timeout time.Duration, cond func() (bool, strin
 
 func (e *env) pods() []corev1.Pod {
 	e.t.Helper()
-	l, err := e.cs.CoreV1().Pods(e.ns).List(context.Background(), metav1.ListOptions{LabelSelector: clusterLabel + "=" + clusterName})
+	l, err := e.cs.CoreV1().Pods(e.ns).List(context.Background(), metav1.ListOptions{LabelSelector: clusterLabel + "=" + e.cluster})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -292,7 +298,7 @@ func (e *env) waitHealthy(want string, timeout time.Duration) string {
 	var primary string
 	e.until("cluster Healthy", timeout, func() (bool, string) {
 		var pc pgv1.PostgresCluster
-		if err := e.c.Get(context.Background(), types.NamespacedName{Namespace: e.ns, Name: clusterName}, &pc); err != nil {
+		if err := e.c.Get(context.Background(), types.NamespacedName{Namespace: e.ns, Name: e.cluster}, &pc); err != nil {
 			return false, err.Error()
 		}
 		var primaries, states []string
@@ -336,7 +342,7 @@ func (e *env) annotateRole(pod string, role roles.Role) {
 }
 
 func (e *env) password() string {
-	s, err := e.cs.CoreV1().Secrets(e.ns).Get(context.Background(), clusterName+"-superuser", metav1.GetOptions{})
+	s, err := e.cs.CoreV1().Secrets(e.ns).Get(context.Background(), e.cluster+"-superuser", metav1.GetOptions{})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -355,7 +361,7 @@ func (e *env) connect(ctx context.Context, host string) (*pgx.Conn, error) {
 // tryWrite inserts a row through the -rw Service's ClusterIP (from the host, through kube-proxy)
 // and returns the address of the server that took it.
 func (e *env) tryWrite() (string, error) {
-	svc, err := e.cs.CoreV1().Services(e.ns).Get(context.Background(), clusterName+"-rw", metav1.GetOptions{})
+	svc, err := e.cs.CoreV1().Services(e.ns).Get(context.Background(), e.cluster+"-rw", metav1.GetOptions{})
 	if err != nil {
 		return "", err
 	}
@@ -389,7 +395,7 @@ func (e *env) podByIP(ip string) string {
 // write waits until a write through -rw is taken by pod want.
 func (e *env) write(want string, timeout time.Duration) {
 	e.t.Helper()
-	e.until("a write through "+clusterName+"-rw on "+want, timeout, func() (bool, string) {
+	e.until("a write through "+e.cluster+"-rw on "+want, timeout, func() (bool, string) {
 		addr, err := e.tryWrite()
 		if err != nil {
 			return false, err.Error()
@@ -403,7 +409,7 @@ func (e *env) write(want string, timeout time.Duration) {
 func (e *env) writeOnOther(old string, timeout time.Duration) string {
 	e.t.Helper()
 	var got string
-	e.until("a write through "+clusterName+"-rw on another pod than "+old, timeout, func() (bool, string) {
+	e.until("a write through "+e.cluster+"-rw on another pod than "+old, timeout, func() (bool, string) {
 		addr, err := e.tryWrite()
 		if err != nil {
 			return false, err.Error()

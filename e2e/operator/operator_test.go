@@ -249,7 +249,7 @@ func TestLifecycle(t *testing.T) {
 		})
 	})
 
-	step(t, "failover when the primary's Lease expires, not before, and soon after", func(t *testing.T) {
+	step(t, "failover when the primary's Lease lapses, not before, and soon after", func(t *testing.T) {
 		// The primary's pod stays Ready and its container running (a partition from the API
 		// server looks like this from the operator): only the Lease tells.
 		pc := getCluster(t, c, ns, name)
@@ -266,26 +266,27 @@ func TestLifecycle(t *testing.T) {
 		if l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity != primary || l.Spec.RenewTime == nil {
 			t.Fatalf("Lease before the test: %+v", l.Spec)
 		}
-		expires := l.Spec.RenewTime.Add(time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second)
-		// The decision must come after the Lease expired, and without waiting for a periodic
-		// resync: within half of one (5 s) of the expiry plus the clock allowance (1 s).
-		deadline := expires.Add(6 * time.Second)
+		// The holder fences itself at its renew deadline; the operator may fail over once that
+		// (plus 5 s for clocks) has passed, and looks exactly then rather than at a periodic
+		// resync: within half of one (5 s) after that.
+		fenced := l.Spec.RenewTime.Add(roles.DefaultRenewDeadline)
+		deadline := fenced.Add(5*time.Second + 5*time.Second)
 		for {
 			pc := getCluster(t, c, ns, name)
 			now := time.Now()
 			if pc.Status.TargetPrimary != primary {
-				if now.Before(expires) {
-					t.Fatalf("failover to %s at %s, before the Lease expired at %s", pc.Status.TargetPrimary, now.Format(time.RFC3339Nano), expires.Format(time.RFC3339Nano))
+				if now.Before(fenced) {
+					t.Fatalf("failover to %s at %s, before the holder's renew deadline at %s", pc.Status.TargetPrimary, now.Format(time.RFC3339Nano), fenced.Format(time.RFC3339Nano))
 				}
-				t.Logf("failover decided %v after the Lease expired", now.Sub(expires).Round(time.Millisecond))
+				t.Logf("failover decided %v after the holder's renew deadline", now.Sub(fenced).Round(time.Millisecond))
 				break
 			}
 			if now.After(deadline) {
-				t.Fatalf("no failover %v after the Lease expired (phase %s: %s)", now.Sub(expires).Round(time.Millisecond), pc.Status.Phase, pc.Status.PhaseReason)
+				t.Fatalf("no failover %v after the holder's renew deadline (phase %s: %s)", now.Sub(fenced).Round(time.Millisecond), pc.Status.Phase, pc.Status.PhaseReason)
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
-		waitEvent(t, c, ns, "PrimaryFailing", "expired")
+		waitEvent(t, c, ns, "PrimaryFailing", "not renewed within")
 		waitPod(t, c, ns, other, roles.RolePrimary)
 		waitPod(t, c, ns, primary, roles.RoleReplica)
 	})

@@ -16,13 +16,29 @@ import (
 	"github.com/pgwarden/pgwarden/pkg/roles"
 )
 
-// leaseSkew is added to a Lease's duration before the operator calls it expired: the renew
-// time was written by another machine's clock. Expiry only starts a failover; the instances'
-// own Lease protocol (which never trusts remote timestamps) keeps two primaries from writing, so
-// the allowance is for clocks kept by NTP, not for safety. The operator looks again exactly when
-// the Lease would expire, so a partitioned primary is replaced about one lease duration after its
-// last renewal rather than at the next periodic resync.
-const leaseSkew = time.Second
+// leaseSkew is added to a Lease's renew time before the operator judges it: the renew time was
+// written by another machine's clock. The judgement only starts a failover; the instances' own
+// Lease protocol (which never trusts remote timestamps) keeps two primaries from writing.
+const leaseSkew = 5 * time.Second
+
+// leaseLapse is how long after its renew time a primary Lease counts as lapsed: the holder's
+// renew deadline (the instances the operator creates use the default) plus leaseSkew. A holder
+// that has not renewed for its renew deadline has fenced itself (stopped accepting writes), so
+// the failover can start then; its successor still takes the Lease only once it has expired in
+// the successor's own view (LeaseDuration after it last saw it renewed), so this never makes two
+// writers. Waiting for the Lease duration plus leaseSkew instead would add that much to every
+// failover of a partitioned or frozen primary for nothing.
+const leaseLapse = roles.DefaultRenewDeadline + leaseSkew
+
+// leaseLapsed says whether the Lease, last renewed at renew, has lapsed at now; if not, in how
+// long it will (when to look again).
+func leaseLapsed(renew, now time.Time) (bool, time.Duration) {
+	lapses := renew.Add(leaseLapse)
+	if now.After(lapses) {
+		return true, 0
+	}
+	return false, lapses.Sub(now) + 100*time.Millisecond
+}
 
 // outcome is what reconcileRoles decided about the phase; an empty phase means "steady": the
 // phase follows from the instances' readiness.
@@ -61,8 +77,8 @@ func (r *Reconciler) reconcileRoles(ctx context.Context, c *pgv1.PostgresCluster
 	default:
 		var failing bool
 		var why string
-		var expires time.Time
-		failing, why, expires, err = r.primaryFailing(ctx, c, pods[st.TargetPrimary])
+		var recheck time.Duration
+		failing, why, recheck, err = r.primaryFailing(ctx, c, pods[st.TargetPrimary])
 		if err != nil {
 			return outcome{}, err
 		}
@@ -78,8 +94,8 @@ func (r *Reconciler) reconcileRoles(ctx context.Context, c *pgv1.PostgresCluster
 		if requested, _, _ := fenceRequest(pods[st.TargetPrimary]); err == nil && out.phase == "" && requested {
 			out, err = r.handleFencedPrimary(ctx, c, pods)
 		}
-		if wait := expires.Sub(r.now()); err == nil && !expires.IsZero() && out.requeue == 0 && wait < steadyResync {
-			out.requeue = max(wait, 10*time.Millisecond) // judge the Lease when it would expire
+		if err == nil && out.requeue == 0 && recheck > 0 && recheck < steadyResync {
+			out.requeue = recheck // the Lease lapses before the next steady resync
 		}
 	}
 	if err != nil {
@@ -129,18 +145,18 @@ func podGone(p *corev1.Pod, name string) string {
 	return containerNotRunning(p)
 }
 
-// primaryFailing says whether the established primary is failing, and why; for a healthy
-// primary, when its Lease would expire if it were not renewed (zero if unknown).
-func (r *Reconciler) primaryFailing(ctx context.Context, c *pgv1.PostgresCluster, p *corev1.Pod) (bool, string, time.Time, error) {
+// primaryFailing says whether the established primary is failing, and why; when it is not,
+// recheck (if not zero) says when its Lease would lapse without a renewal.
+func (r *Reconciler) primaryFailing(ctx context.Context, c *pgv1.PostgresCluster, p *corev1.Pod) (failing bool, why string, recheck time.Duration, err error) {
 	if why := podGone(p, c.Status.TargetPrimary); why != "" {
-		return true, why, time.Time{}, nil
+		return true, why, 0, nil
 	}
 	if !podReady(p) {
-		return true, fmt.Sprintf("pod %s is not ready", p.Name), time.Time{}, nil
+		return true, fmt.Sprintf("pod %s is not ready", p.Name), 0, nil
 	}
 	lease, err := r.getLease(ctx, c)
 	if err != nil || lease == nil {
-		return false, "", time.Time{}, err // no Lease: nothing to judge by (the holder re-creates a deleted one)
+		return false, "", 0, err // no Lease: nothing to judge by (the holder re-creates a deleted one)
 	}
 	holder := ""
 	if lease.Spec.HolderIdentity != nil {
@@ -148,17 +164,18 @@ func (r *Reconciler) primaryFailing(ctx context.Context, c *pgv1.PostgresCluster
 	}
 	switch {
 	case holder == "":
-		return true, fmt.Sprintf("the primary Lease %s has no holder", lease.Name), time.Time{}, nil
+		return true, fmt.Sprintf("the primary Lease %s has no holder", lease.Name), 0, nil
 	case holder != p.Name:
-		return true, fmt.Sprintf("the primary Lease %s is held by %s, not %s", lease.Name, holder, p.Name), time.Time{}, nil
-	case lease.Spec.RenewTime != nil && lease.Spec.LeaseDurationSeconds != nil:
-		expires := lease.Spec.RenewTime.Add(time.Duration(*lease.Spec.LeaseDurationSeconds)*time.Second + leaseSkew)
-		if r.now().After(expires) {
-			return true, fmt.Sprintf("the primary Lease %s expired (last renewed %s)", lease.Name, lease.Spec.RenewTime.UTC().Format(time.RFC3339Nano)), time.Time{}, nil
+		return true, fmt.Sprintf("the primary Lease %s is held by %s, not %s", lease.Name, holder, p.Name), 0, nil
+	case lease.Spec.RenewTime != nil:
+		lapsed, in := leaseLapsed(lease.Spec.RenewTime.Time, r.now())
+		if lapsed {
+			return true, fmt.Sprintf("the primary Lease %s was not renewed within the holder's renew deadline (last renewed %s)",
+				lease.Name, lease.Spec.RenewTime.UTC().Format(time.RFC3339Nano)), 0, nil
 		}
-		return false, "", expires, nil
+		return false, "", in, nil
 	}
-	return false, "", time.Time{}, nil
+	return false, "", 0, nil
 }
 
 // handleFailingPrimary waits failover.delay, then fails over, unless failover is disabled.

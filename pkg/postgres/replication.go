@@ -113,6 +113,12 @@ func EnsureReplicationRole(ctx context.Context, q Querier, name, password string
 				return fmt.Errorf("cannot ensure replication role %s: %w", name, err)
 			}
 		}
+		// Local durability is enough, and waiting for a synchronous standby here would never end
+		// while there is none: a new synchronous cluster's first primary creates this role before
+		// any replica exists, and a replica needs it to clone.
+		if _, err := tx.Exec(ctx, "SET LOCAL synchronous_commit = 'local'"); err != nil {
+			return fmt.Errorf("cannot ensure replication role %s: %w", name, err)
+		}
 		if err := ensureReplicationRole(ctx, tx, name, password); err != nil {
 			return err
 		}

@@ -330,6 +330,27 @@ func TestReplicationRole(t *testing.T) {
 // TestStandbyWithoutUpstream: a standby without an upstream (none known yet:
 // no primary_conninfo, so its receive LSN stays NULL) has caught up once it
 // replayed its own WAL; it promotes; promoting again is ErrNotInRecovery.
+// TestReplicationRoleWithoutSynchronousStandby: the first primary of a synchronous cluster
+// creates the replication role before any standby exists (a standby needs the role to clone);
+// the commit must not wait for a synchronous standby that cannot come.
+func TestReplicationRoleWithoutSynchronousStandby(t *testing.T) {
+	bin, u := realBin(t), runAs(t)
+	root := pgTempDir(t)
+	n := newReplNode(t, root, "primary", u)
+	copyDataDir(t, n.dataDir, u)
+	n.start(t, bin, u, replTestParams, map[string]string{"synchronous_standby_names": `ANY 1 ("nobody")`})
+	defer n.stop(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := EnsureReplicationRole(ctx, n.conn, ReplicationRole, "repl-Secret-1"); err != nil {
+		t.Fatalf("EnsureReplicationRole with a synchronous standby required and none connected: %v", err)
+	}
+	var sync string
+	if err := n.conn.QueryRow(ctx, "SHOW synchronous_commit").Scan(&sync); err != nil || sync != "on" {
+		t.Fatalf("synchronous_commit of the session afterwards = %q, %v; want on (SET LOCAL only)", sync, err)
+	}
+}
+
 func TestStandbyWithoutUpstream(t *testing.T) {
 	bin, u := realBin(t), runAs(t)
 	root := pgTempDir(t)
