@@ -63,18 +63,9 @@ func (e *Env) Fence(ctx context.Context, cluster, pod string, on bool, opts Fenc
 		res.Error = err.Error()
 		return res, err
 	}
-	target, err := e.Kube.CoreV1().Pods(e.Namespace).Get(ctx, pod, metav1.GetOptions{})
+	target, err := e.instancePod(ctx, cluster, pod)
 	if err != nil {
-		return fail(fmt.Errorf("cannot read Pod %s/%s: %w", e.Namespace, pod, err))
-	}
-	if got := target.Labels[ClusterLabel]; got != cluster {
-		if got == "" {
-			return fail(fmt.Errorf("pod %s is not an instance of cluster %s (it has no %s label)", pod, cluster, ClusterLabel))
-		}
-		return fail(fmt.Errorf("pod %s is not an instance of cluster %s (it belongs to %s)", pod, cluster, got))
-	}
-	if target.DeletionTimestamp != nil {
-		return fail(fmt.Errorf("pod %s is being deleted", pod))
+		return fail(err)
 	}
 	res.WasPrimary = on && target.Labels[ObservedRoleLabel] == rolePrimary
 	if on && !opts.Force && target.Annotations[FencedAnnotation] != "true" {

@@ -68,18 +68,9 @@ func (e *Env) Promote(ctx context.Context, cluster, pod string, opts PromoteOpti
 		return res, err
 	}
 
-	target, err := e.Kube.CoreV1().Pods(e.Namespace).Get(ctx, pod, metav1.GetOptions{})
+	target, err := e.instancePod(ctx, cluster, pod)
 	if err != nil {
-		return fail(fmt.Errorf("cannot read Pod %s/%s: %w", e.Namespace, pod, err))
-	}
-	if got := target.Labels[ClusterLabel]; got != cluster {
-		if got == "" {
-			return fail(fmt.Errorf("pod %s is not an instance of cluster %s (it has no %s label)", pod, cluster, ClusterLabel))
-		}
-		return fail(fmt.Errorf("pod %s is not an instance of cluster %s (it belongs to %s)", pod, cluster, got))
-	}
-	if target.DeletionTimestamp != nil {
-		return fail(fmt.Errorf("pod %s is being deleted", pod))
+		return fail(err)
 	}
 	if target.Labels[ObservedRoleLabel] == rolePrimary {
 		return fail(fmt.Errorf("pod %s is already the primary of %s", pod, cluster))
@@ -198,6 +189,24 @@ func (e *Env) rwRoutesTo(ctx context.Context, cluster, pod string) (routes, know
 		}
 	}
 	return found, true
+}
+
+// instancePod reads pod and checks that it is a running instance of cluster.
+func (e *Env) instancePod(ctx context.Context, cluster, pod string) (*corev1.Pod, error) {
+	target, err := e.Kube.CoreV1().Pods(e.Namespace).Get(ctx, pod, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("cannot read Pod %s/%s: %w", e.Namespace, pod, err)
+	}
+	if got := target.Labels[ClusterLabel]; got != cluster {
+		if got == "" {
+			return nil, fmt.Errorf("pod %s is not an instance of cluster %s (it has no %s label)", pod, cluster, ClusterLabel)
+		}
+		return nil, fmt.Errorf("pod %s is not an instance of cluster %s (it belongs to %s)", pod, cluster, got)
+	}
+	if target.DeletionTimestamp != nil {
+		return nil, fmt.Errorf("pod %s is being deleted", pod)
+	}
+	return target, nil
 }
 
 // missing says which milestones were not reached.
