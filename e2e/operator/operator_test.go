@@ -92,12 +92,28 @@ func TestLifecycle(t *testing.T) {
 
 	step(t, "failover when the primary pod is deleted", func(t *testing.T) {
 		p, _ := getPod(c, ns, "demo-1")
+		// A finalizer keeps the pod terminating for a while, as the kubelet does while its
+		// container shuts down.
+		p.Finalizers = append(p.Finalizers, "pgwarden.io/test-keep")
+		if err := c.Update(ctx, p); err != nil {
+			t.Fatal(err)
+		}
 		if err := c.Delete(ctx, p); err != nil {
 			t.Fatal(err)
 		}
-		inst.set("demo-1", nil)
 		// demo-3 has received more WAL than demo-2.
 		waitPod(t, c, ns, "demo-3", roles.RolePrimary)
+		// The terminating old primary is told it is replaced: its instance then ends its smart
+		// shutdown early instead of keeping writes out for half of stopDelay.
+		if p := waitPod(t, c, ns, "demo-1", roles.RoleReplica); p.DeletionTimestamp == nil {
+			t.Fatal("demo-1 is not terminating")
+		}
+		p, _ = getPod(c, ns, "demo-1")
+		p.Finalizers = nil
+		if err := c.Update(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		inst.set("demo-1", nil)
 		pc := getCluster(t, c, ns, name)
 		if pc.Status.TargetPrimary != "demo-3" || pc.Status.Phase != pgv1.PhaseFailingOver {
 			t.Fatalf("status %+v", pc.Status)

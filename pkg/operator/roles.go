@@ -259,7 +259,9 @@ func (r *Reconciler) failover(ctx context.Context, c *pgv1.PostgresCluster, pods
 	if err := r.persistStatus(ctx, c); err != nil {
 		return outcome{}, err
 	}
-	if p := pods[old]; p != nil && p.DeletionTimestamp == nil {
+	if p := pods[old]; p != nil {
+		// Also a pod being deleted: its instance manager is shutting down, and once it sees
+		// it is replaced it ends its smart shutdown early and hands over its final LSN.
 		if err := r.setDesiredRole(ctx, p, roles.RoleReplica); err != nil {
 			return outcome{}, err
 		}
