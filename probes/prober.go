@@ -104,6 +104,9 @@ type Snapshot struct {
 	// Connections counts client backends in pg_stat_activity (the prober's own session
 	// included; WAL senders and background workers not); MaxConnections is max_connections.
 	Connections, MaxConnections int
+	// StreamingStandbys counts, on a primary, the standbys in pg_stat_replication with
+	// state streaming; 0 on a replica.
+	StreamingStandbys int
 }
 
 // Prober checks PostgreSQL in the background and serves probes from the result.
@@ -155,6 +158,7 @@ type serverStatus struct {
 	latestEndLSN                       LSN
 	replayLag                          *float64
 	connections, maxConnections        int
+	streamingStandbys                  int
 }
 
 // New returns a Prober; it checks nothing until Start.
@@ -401,7 +405,8 @@ const statusQuery = `SELECT s.r,
       ELSE GREATEST(0, extract(epoch FROM pg_catalog.now() - pg_catalog.pg_last_xact_replay_timestamp()))::float8
     END END,
   (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'client backend'),
-  pg_catalog.current_setting('max_connections')::int
+  pg_catalog.current_setting('max_connections')::int,
+  CASE WHEN s.r THEN 0 ELSE (SELECT count(*) FROM pg_catalog.pg_stat_replication WHERE state = 'streaming') END
 FROM (SELECT pg_catalog.pg_is_in_recovery() AS r OFFSET 0) s`
 
 // queryStatus runs statusQuery on the kept connection, connecting first if
@@ -419,17 +424,17 @@ func (p *Prober) queryStatus(ctx context.Context) (serverStatus, error) {
 	var (
 		timeline                                int64
 		current, received, replayLSN, latestEnd *string
-		connections                             int64
+		connections, streaming                  int64
 		maxConnections                          int32
 	)
 	err := p.conn.QueryRow(ctx, statusQuery).Scan(&st.inRecovery, &timeline, &current, &received, &replayLSN, &st.pendingRestart,
-		&latestEnd, &st.replayLag, &connections, &maxConnections)
+		&latestEnd, &st.replayLag, &connections, &maxConnections, &streaming)
 	if err != nil {
 		p.closeConn(ctx)
 		return st, redact(fmt.Errorf("cannot run the status query: %w", err), password)
 	}
 	st.timeline = uint32(timeline)
-	st.connections, st.maxConnections = int(connections), int(maxConnections)
+	st.connections, st.maxConnections, st.streamingStandbys = int(connections), int(maxConnections), int(streaming)
 	for _, f := range []struct {
 		dst *LSN
 		src *string
@@ -502,6 +507,8 @@ func (p *Prober) Snapshot() Snapshot {
 		LatestEndLSN:   st.server.latestEndLSN,
 		Connections:    st.server.connections,
 		MaxConnections: st.server.maxConnections,
+
+		StreamingStandbys: st.server.streamingStandbys,
 	}
 	if st.server.replayLag != nil {
 		lag := *st.server.replayLag

@@ -1,7 +1,10 @@
 package roles
 
 import (
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -67,7 +70,8 @@ func TestShutdownHandsOver(t *testing.T) {
 // TestRestartedPrimaryHandsOver: the primary's container is killed and
 // restarts at once, before the operator's decision lands: it comes back as
 // primary (it still holds the Lease), and is demoted right after, with its
-// replicas not yet reconnected. It waits for them before it shuts down, so the
+// replicas not yet reconnected. It waits for as many standbys as streamed
+// from it before (recorded beside PGDATA) before it shuts down, so the
 // successor receives the final LSN it is handed and promotes (before, the
 // successor waited for it forever and the cluster had no primary).
 func TestRestartedPrimaryHandsOver(t *testing.T) {
@@ -78,16 +82,29 @@ func TestRestartedPrimaryHandsOver(t *testing.T) {
 		return m1.streamingFrom(m0) && m2.streamingFrom(m0)
 	})
 	m0.exec("CREATE TABLE before_kill (i int)")
+	recorded := filepath.Join(filepath.Dir(m0.pgdata), "pgwarden-standbys")
+	waitFor(t, 30*time.Second, "demo-0 to record its 2 standbys", func() bool {
+		b, err := os.ReadFile(recorded)
+		return err == nil && strings.TrimSpace(string(b)) == "2"
+	})
 	_ = syscall.Kill(-m0.cmd.Process.Pid, syscall.SIGKILL) // manager and postmaster, like a container kill
 	select {
 	case <-m0.done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("demo-0 did not die")
 	}
+	// Its replicas are still reconnecting when it is demoted: here they cannot reach it until
+	// two seconds after the demotion was asked for.
+	heal := c.cutReplication(m0)
 	m0.start() // the kubelet restarts the container at once
 	waitFor(t, 60*time.Second, "demo-0 to be primary again", m0.isPrimary)
 	c.annotate(m0.name, "replica", m1.name, "primary") // the operator's failover lands now
+	time.Sleep(2 * time.Second)                        // the replicas' reconnection delay under test, not a wait for a result
+	heal()
 	waitFor(t, 60*time.Second, "demo-1 to accept a write", m1.acceptsWrite)
+	if m0.findLog("demoting once the standbys stream again") == nil {
+		t.Error("demo-0 did not wait for its standbys before it shut down")
+	}
 	waitFor(t, 60*time.Second, "demo-0 to stream from demo-1", func() bool { return m0.streamingFrom(m1) })
 	waitFor(t, 60*time.Second, "demo-2 to stream from demo-1", func() bool { return m2.streamingFrom(m1) })
 }

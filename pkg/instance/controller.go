@@ -8,6 +8,8 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -121,11 +123,14 @@ type controller struct {
 	fenceNote string
 
 	// Owned by the loop goroutine.
-	label        roles.Role
-	labelKnown   bool
-	needReplRole bool // the replication role is still to be ensured on this primary
-	holdCancel   context.CancelFunc
-	holdDone     chan struct{}
+	label      roles.Role
+	labelKnown bool
+	// standbysRecorded is the number of streaming standbys last written down
+	// (recordStandbys), -1 before it was read; owned by the run goroutine.
+	standbysRecorded int
+	needReplRole     bool // the replication role is still to be ensured on this primary
+	holdCancel       context.CancelFunc
+	holdDone         chan struct{}
 }
 
 func newController(cfg controllerConfig) *controller {
@@ -135,7 +140,9 @@ func newController(cfg controllerConfig) *controller {
 		// Outside PGDATA: pg_basebackup and pg_rewind copy PGDATA to others.
 		passfile: filepath.Join(cfg.o.SocketDir, "pgwarden", "replication.pgpass"),
 		wake:     make(chan struct{}, 1),
-		since:    time.Now(),
+
+		standbysRecorded: -1,
+		since:            time.Now(),
 	}
 }
 
@@ -395,6 +402,7 @@ func (c *controller) step(ctx context.Context, hold context.Context) time.Durati
 		return retry
 	case phasePrimary:
 		c.ensureReplRole(ctx)
+		c.recordStandbys()
 		if want == roles.RoleReplica {
 			if err := c.demote(ctx); err != nil && ctx.Err() == nil {
 				c.log.Error("demotion went wrong", "error", err.Error())
@@ -1247,38 +1255,91 @@ func (c *controller) awaitFinalLSN(ctx context.Context, conn *pgx.Conn, f *roles
 // demote turns the primary into a replica in place: unlabel, checkpoint,
 // fast shutdown within --switchover-delay, release the Lease with the final
 // LSN; rejoin follows (phaseRejoining).
-// reconnectSettle is how long a freshly started primary waits, at most,
-// before a demotion shuts it down: three of the replicas' reconnect intervals
-// (wal_retrieve_retry_interval 1s, roleSettings), so that every standby that
-// streamed from it before it restarted is connected again.
-const reconnectSettle = 3 * time.Second
+// standbyWait bounds how long a demoting primary waits for the standbys it
+// had to stream from it again.
+const standbyWait = 10 * time.Second
 
-// awaitStandbys holds a demotion until postgres has been up for
-// reconnectSettle (bounded by the switchover delay). A fast shutdown sends all
-// WAL to the standbys connected at that moment, and the successor promotes
-// only once it has the final LSN handed over on the Lease: when a primary's
-// container restarts and the failover decided meanwhile demotes it at once,
-// its replicas have not reconnected yet, and the successor would wait forever
-// for WAL that only this stopped server has. A primary up for longer (every
-// planned switchover) does not wait.
+// standbysFile (beside PGDATA, on the same volume) remembers how many standbys
+// streamed from this primary, across restarts of the container.
+func (c *controller) standbysFile() string {
+	return filepath.Join(filepath.Dir(filepath.Clean(c.o.DataDir)), "pgwarden-standbys")
+}
+
+// recordStandbys writes down, while primary, how many standbys stream from it
+// (from the prober's last check), when that number changed; a smaller number
+// only once it has been primary for standbyWait.
+func (c *controller) recordStandbys() {
+	if c.standbysRecorded < 0 { // not read yet since this manager started
+		c.standbysRecorded = c.readStandbys()
+	}
+	s := c.prober.Snapshot()
+	if s.InRecovery || s.MeasuredAt.IsZero() || s.Stale || s.StreamingStandbys == c.standbysRecorded {
+		return
+	}
+	n := s.StreamingStandbys
+	c.mu.Lock()
+	since := c.since
+	c.mu.Unlock()
+	if n < c.standbysRecorded && time.Since(since) < standbyWait {
+		return // a primary that just started: its standbys are still reconnecting
+	}
+	if err := os.WriteFile(c.standbysFile(), []byte(strconv.Itoa(n)+"\n"), 0o600); err != nil {
+		c.log.Warn("cannot record the number of streaming standbys", "error", err.Error())
+		return
+	}
+	c.standbysRecorded = n
+}
+
+// readStandbys reads the recorded number of standbys, 0 if none.
+func (c *controller) readStandbys() int {
+	b, err := os.ReadFile(c.standbysFile())
+	if err != nil {
+		return 0
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || n < 0 {
+		return 0
+	}
+	return n
+}
+
+// awaitStandbys holds a demotion, at most standbyWait, until as many standbys
+// stream from this primary as did before (recordStandbys). A fast shutdown
+// sends all WAL to the standbys connected at that moment, and the successor
+// promotes only once it has the final LSN handed over on the Lease: when a
+// primary's container restarted and the failover decided meanwhile demotes it
+// at once, its replicas are still reconnecting, and the successor would wait
+// forever for WAL that only this stopped server has. A planned switchover
+// does not wait: its standbys are streaming.
 func (c *controller) awaitStandbys(ctx context.Context, conn *pgx.Conn) {
-	deadline := time.Now().Add(min(reconnectSettle, c.o.SwitchoverDelay))
+	want := c.standbysRecorded
+	if want < 0 {
+		want = c.readStandbys()
+	}
+	if want <= 0 {
+		return
+	}
+	deadline := time.Now().Add(min(standbyWait, c.o.SwitchoverDelay))
+	began := time.Now()
 	for {
 		var streaming int
-		var upSeconds float64
 		qctx, cancel := context.WithTimeout(ctx, time.Second)
-		err := conn.QueryRow(qctx, `SELECT (SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'),
-			extract(epoch FROM now() - pg_postmaster_start_time())::float8`).Scan(&streaming, &upSeconds)
+		err := conn.QueryRow(qctx, "SELECT count(*) FROM pg_catalog.pg_stat_replication WHERE state = 'streaming'").Scan(&streaming)
 		cancel()
-		if err != nil || upSeconds >= reconnectSettle.Seconds() || ctx.Err() != nil || time.Now().After(deadline) {
-			if err == nil && upSeconds < reconnectSettle.Seconds() {
-				c.log.Info("demoting a primary that started moments ago", "upSeconds", upSeconds, "standbysStreaming", streaming)
+		switch {
+		case err == nil && streaming >= want:
+			if waited := time.Since(began); waited > 100*time.Millisecond {
+				c.log.Info("demoting once the standbys stream again", "standbys", streaming, "waitedMs", waited.Milliseconds())
 			}
+			return
+		case ctx.Err() != nil || time.Now().After(deadline):
+			c.log.Warn("demoting with fewer standbys streaming than before; a successor that is not streaming waits for the final LSN",
+				"streaming", streaming, "before", want)
 			return
 		}
 		select {
 		case <-ctx.Done():
-		case <-time.After(200 * time.Millisecond):
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }
