@@ -4,6 +4,7 @@
 #   node.sh up       start it (idempotent); writes the admin kubeconfig to $TESTBED_DIR/kubeconfig
 #   node.sh down     stop it and restore the host (processes, mounts, iptables, sysctls, bridge, dirs)
 #   node.sh status   say what runs
+#   node.sh reclaim  tear down another checkout's test bed that holds the host with no process left
 #
 # Components: containerd + runc from Debian (own config, socket, root and state dirs), the CNI
 # bridge plugin, etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
@@ -192,9 +193,28 @@ check_addresses() {
   done
 }
 
+# reclaim: the host is held by another checkout's test bed none of whose processes runs — its run
+# was killed before it could go down (a CI job cancelled, a session ended, a reboot). Tear that test
+# bed down from its own state directory (its saved sysctls and host paths, its mounts), which frees
+# the host. A test bed with any component alive, or one whose `up` began less than a minute ago, is
+# left alone.
+reclaim() {
+  local o c age
+  o=$(cat "$OWNER" 2>/dev/null || true)
+  [ -n "$o" ] && [ "$o" != "$TB" ] && [ -d "$o" ] || return 0
+  age=$(($(date +%s) - $(stat -c %Y "$OWNER")))
+  [ "$age" -ge 60 ] || return 0
+  for c in "${COMPONENTS[@]}"; do
+    if (TB=$o && alive "$c"); then return 0; fi
+  done
+  log "the test bed of $o holds this host but none of its processes runs (its run ended without a down); tearing it down"
+  (TB=$o && down) || die "cannot tear down the abandoned test bed of $o"
+}
+
 # check_owner: another test bed (another checkout's state directory) holds the host.
 check_owner() {
   local o
+  reclaim
   o=$(cat "$OWNER" 2>/dev/null || true)
   [ -z "$o" ] || [ "$o" = "$TB" ] || [ ! -d "$o" ] ||
     die "the test bed of $o holds this host; stop it with its own 'make testbed-down' first"
@@ -844,5 +864,6 @@ case "${1:-}" in
   up) lock; up ;;
   down) lock; down ;;
   status) status ;;
-  *) sed -n '2,18p' "$0"; exit 2 ;;
+  reclaim) lock; [ ${#BIN[@]} -gt 0 ] || load_bins; reclaim ;;
+  *) sed -n '2,19p' "$0"; exit 2 ;;
 esac

@@ -6,7 +6,8 @@
 #
 # One node test bed per host: runs from several checkouts queue on a host-wide lock. With
 # PGWARDEN_NODE_WAIT=SECONDS (default 0: fail at once) a run waits that long for the lock and for
-# a node that another checkout brought up by hand (make testbed-up, make demo) to go down.
+# a node that another checkout brought up by hand (make testbed-up, make demo) to go down. A node
+# left behind by a run that was killed (none of its processes runs) is torn down instead of waited for.
 set -euo pipefail
 
 [ $# -ge 2 ] || { echo "usage: with-node.sh NAME COMMAND..." >&2; exit 2; }
@@ -41,7 +42,11 @@ else
     exit 1
   fi
   owner_file=${TESTBED_OWNER_FILE:-/run/pgwarden-testbed.owner}
-  while o=$(cat "$owner_file" 2>/dev/null || true); [ -n "$o" ] && [ "$o" != "$TB" ] && [ -d "$o" ]; do
+  held() { o=$(cat "$owner_file" 2>/dev/null || true); [ -n "$o" ] && [ "$o" != "$TB" ] && [ -d "$o" ]; }
+  while held; do
+    # A test bed whose run was killed before its down holds the host with nothing running: free it.
+    "$HERE/node.sh" reclaim 9>&-
+    held || break
     if [ $SECONDS -ge $deadline ]; then
       echo "$name: the node test bed of $o holds this host (waited ${wait_s}s; set PGWARDEN_NODE_WAIT to wait longer)" >&2
       exit 1
