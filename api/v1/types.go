@@ -143,7 +143,9 @@ type FailoverSpec struct {
 	// +kubebuilder:default=0
 	// +optional
 	Delay int32 `json:"delay,omitempty"`
-	// PromotePod requests a switchover to this pod (<cluster>-<n>). A new value is a new request.
+	// PromotePod requests a switchover to this pod (<cluster>-<n>). A new value is a new request;
+	// to ask for the same pod again, clear the field first (the operator then clears
+	// status.handledPromotePod).
 	// +optional
 	PromotePod string `json:"promotePod,omitempty"`
 }
@@ -240,7 +242,8 @@ type PostgresClusterStatus struct {
 	// TransitionStartedAt is when the running failover or switchover started.
 	// +optional
 	TransitionStartedAt *metav1.Time `json:"transitionStartedAt,omitempty"`
-	// HandledPromotePod is the last spec.failover.promotePod the operator acted on (or rejected).
+	// HandledPromotePod is the last spec.failover.promotePod the operator acted on (or rejected);
+	// empty once the field is cleared.
 	// +optional
 	HandledPromotePod string `json:"handledPromotePod,omitempty"`
 	// Conditions: Ready, SecretsReady, AutomaticFailover.

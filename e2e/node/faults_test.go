@@ -745,14 +745,31 @@ func (r *faultRun) switchovers() {
 }
 
 func (r *faultRun) promotePod() {
-	target := r.e.someReplica(r.primary)
-	patch := fmt.Sprintf(`{"spec":{"failover":{"promotePod":%q}}}`, target)
-	r.faultAt = time.Now()
 	pc := &pgv1.PostgresCluster{ObjectMeta: metav1.ObjectMeta{Name: r.e.cluster, Namespace: r.e.ns}}
-	if err := r.e.c.Patch(context.Background(), pc, client.RawPatch(types.MergePatchType, []byte(patch))); err != nil {
-		r.e.t.Fatal(err)
+	patch := func(v string) {
+		p := `{"spec":{"failover":{"promotePod":null}}}`
+		if v != "" {
+			p = fmt.Sprintf(`{"spec":{"failover":{"promotePod":%q}}}`, v)
+		}
+		if err := r.e.c.Patch(context.Background(), pc, client.RawPatch(types.MergePatchType, []byte(p))); err != nil {
+			r.e.t.Fatal(err)
+		}
 	}
-	r.note = "spec.failover.promotePod=" + target
+	// A request is one-shot: an earlier run's value is handled, and setting it again would be no
+	// change. Clear it first, as the README tells users, and wait for the operator to see that.
+	again := ""
+	if old := r.e.clusterObj().Spec.Failover.PromotePod; old != "" {
+		patch("")
+		r.e.until("status.handledPromotePod cleared", time.Minute, func() (bool, string) {
+			h := r.e.clusterObj().Status.HandledPromotePod
+			return h == "", "handledPromotePod " + h
+		})
+		again = " (cleared " + old + " first)"
+	}
+	target := r.e.someReplica(r.primary)
+	r.faultAt = time.Now()
+	patch(target)
+	r.note = "spec.failover.promotePod=" + target + again
 	r.settled = func() (bool, string) {
 		p, why := r.e.healthyPrimary()
 		return p == target, why

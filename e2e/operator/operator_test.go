@@ -216,6 +216,21 @@ func TestLifecycle(t *testing.T) {
 		})
 	})
 
+	step(t, "a cleared promotePod can name the same pod again", func(t *testing.T) {
+		// The one-shot semantics: demo-1 stays in spec.failover.promotePod and is handled; the same
+		// value again is no change. Clearing the field ends the request, so demo-1 is a new one.
+		setSpec(t, c, ns, name, func(pc *pgv1.PostgresCluster) { pc.Spec.Failover.PromotePod = "" })
+		eventually(t, "status.handledPromotePod cleared", func() (bool, string) {
+			h := getCluster(t, c, ns, name).Status.HandledPromotePod
+			return h == "", "handledPromotePod " + h
+		})
+		setSpec(t, c, ns, name, func(pc *pgv1.PostgresCluster) { pc.Spec.Failover.PromotePod = "demo-1" })
+		waitEvent(t, c, ns, "SwitchoverNotNeeded", "demo-1 is already the primary")
+		if h := getCluster(t, c, ns, name).Status.HandledPromotePod; h != "demo-1" {
+			t.Fatalf("handledPromotePod %q, want demo-1", h)
+		}
+	})
+
 	step(t, "deleted replica pod and PVC are recreated", func(t *testing.T) {
 		p, _ := getPod(c, ns, "demo-2")
 		uid := p.UID

@@ -325,6 +325,10 @@ func (r *Reconciler) handleSwitchoverRequests(ctx context.Context, c *pgv1.Postg
 				at: fieldTime(p.ManagedFields, "f:metadata", "f:annotations", "f:"+roles.DesiredRoleAnnotation)})
 		}
 	}
+	if c.Spec.Failover.PromotePod == "" {
+		// A cleared field ends the request: setting the same pod again is a new request.
+		st.HandledPromotePod = ""
+	}
 	if pp := c.Spec.Failover.PromotePod; pp != "" && pp != st.HandledPromotePod {
 		if pp == st.TargetPrimary {
 			st.HandledPromotePod = pp
