@@ -39,7 +39,8 @@ import (
 //	PGWARDEN_SOAK_SEED   the soak's random seed (default: the time; logged)
 //	PGWARDEN_SOAK_FOR    a duration or an RFC 3339 time: start no new fault after it (the log
 //	                     says how many ran)
-//	PGWARDEN_FAULTS_OUT  results directory (default <checkout>/.bench/faults)
+//	PGWARDEN_FAULTS_OUT  results directory (default <checkout>/.bench/faults); a run that fails
+//	                     or is slow leaves its logs and Events in runs/ below it
 
 // faultRun is one scenario run on one cluster.
 type faultRun struct {
@@ -59,20 +60,23 @@ type scenario struct {
 	mode   string // "": every mode
 	moves  bool
 	inject func(r *faultRun)
+	// slow: a run whose writes took longer than this to come back (on another instance when the
+	// primary moves) leaves its logs and Events in .bench/faults/runs/ (0: only when it fails).
+	slow time.Duration
 }
 
 func scenarios() []scenario {
 	return []scenario{
-		{name: "kill-container", moves: true, inject: (*faultRun).killPrimaryContainer},
-		{name: "kill-postmaster", inject: (*faultRun).killPostmaster},
-		{name: "delete-pod", moves: true, inject: func(r *faultRun) { r.deletePrimary(nil) }},
-		{name: "delete-pod-force", moves: true, inject: func(r *faultRun) { r.deletePrimary(ptrInt64(0)) }},
-		{name: "partition", moves: true, inject: (*faultRun).partitionPrimary},
-		{name: "kill-replica", inject: (*faultRun).killReplica},
-		{name: "kill-operator-leader", moves: true, inject: (*faultRun).killPrimaryAndOperatorLeader},
-		{name: "unready-primary", moves: true, inject: (*faultRun).unreadyPrimary},
+		{name: "kill-container", moves: true, inject: (*faultRun).killPrimaryContainer, slow: 5 * time.Second},
+		{name: "kill-postmaster", inject: (*faultRun).killPostmaster, slow: 5 * time.Second},
+		{name: "delete-pod", moves: true, inject: func(r *faultRun) { r.deletePrimary(nil) }, slow: 5 * time.Second},
+		{name: "delete-pod-force", moves: true, inject: func(r *faultRun) { r.deletePrimary(ptrInt64(0)) }, slow: 5 * time.Second},
+		{name: "partition", moves: true, inject: (*faultRun).partitionPrimary, slow: 22 * time.Second},
+		{name: "kill-replica", inject: (*faultRun).killReplica, slow: 5 * time.Second},
+		{name: "kill-operator-leader", moves: true, inject: (*faultRun).killPrimaryAndOperatorLeader, slow: 5 * time.Second},
+		{name: "unready-primary", moves: true, inject: (*faultRun).unreadyPrimary, slow: 45 * time.Second},
 		{name: "switchover-x10", inject: (*faultRun).switchovers},
-		{name: "promote-pod", moves: true, inject: (*faultRun).promotePod},
+		{name: "promote-pod", moves: true, inject: (*faultRun).promotePod, slow: 5 * time.Second},
 	}
 }
 
@@ -304,6 +308,19 @@ func (e *env) runScenario(mode string, s scenario, i int, res *results) {
 			res.addFailure(mode, s.name, r)
 		}
 	}()
+	flight := e.startFlightRecorder()
+	slow := ""
+	defer func() {
+		if !e.t.Failed() && slow == "" {
+			flight.stop()
+			return
+		}
+		dir := flight.save(filepath.Join(res.dir, "runs", fmt.Sprintf("%s-%s-%s-%d", res.stamp, mode, s.name, i)))
+		if slow == "" {
+			slow = "failed"
+		}
+		e.t.Logf("%s/%s %s: logs of the instances and the operator, and the Events, in %s", mode, s.name, slow, dir)
+	}()
 	r.faultAt = time.Now()
 	s.inject(r)
 
@@ -353,6 +370,13 @@ func (e *env) runScenario(mode string, s scenario, i int, res *results) {
 		healthy.Round(10*time.Millisecond), final, v.Summary(), noteSuffix(r.note))
 	res.add(mode, s.name, r, v, healthy, final)
 	recorded = true
+	back := v.WritableAgain
+	if s.moves {
+		back = v.WritableElsewhere
+	}
+	if s.slow > 0 && (back < 0 || back > s.slow) {
+		slow = fmt.Sprintf("was slow (writable after %v, more than %v)", back.Round(10*time.Millisecond), s.slow)
+	}
 	if len(v.SplitBrain) > 0 {
 		e.t.Errorf("%d split-brain windows", len(v.SplitBrain))
 	}
@@ -673,8 +697,16 @@ func (r *faultRun) killPrimaryAndOperatorLeader() {
 	if err := killContainer(op, "operator"); err != nil {
 		r.e.t.Fatal(err)
 	}
-	r.note = fmt.Sprintf("primary's container killed; operator leader %s killed %v later, once it chose %s", leader,
-		decided.Round(10*time.Millisecond), target)
+	// The leader records its choice in status before it annotates the pods, so the kill lands
+	// either after the annotations (the instances hand over by themselves) or between (the
+	// standby operator finishes once it holds the leader Lease, ~15 s later). Say which.
+	annotated := "it had not annotated " + target + " yet"
+	if p, err := r.e.cs.CoreV1().Pods(r.e.ns).Get(context.Background(), target, metav1.GetOptions{}); err == nil &&
+		p.Annotations[roles.DesiredRoleAnnotation] == string(roles.RolePrimary) {
+		annotated = "it had annotated " + target + " primary"
+	}
+	r.note = fmt.Sprintf("primary's container killed; operator leader %s killed %v after the fault, once it chose %s (%s)", leader,
+		decided.Round(10*time.Millisecond), target, annotated)
 	primarySettled := r.settled
 	r.settled = func() (bool, string) {
 		if ok, why := primarySettled(); !ok {

@@ -2,7 +2,10 @@ package operator
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -229,6 +232,22 @@ func TestLifecycle(t *testing.T) {
 		if h := getCluster(t, c, ns, name).Status.HandledPromotePod; h != "demo-1" {
 			t.Fatalf("handledPromotePod %q, want demo-1", h)
 		}
+		// Every decision is in the operator's log too (the Events expire after an hour).
+		eventually(t, "the decision in the operator's log", func() (bool, string) {
+			b, err := os.ReadFile(filepath.Join(api.Dir, "operator.log"))
+			if err != nil {
+				return false, err.Error()
+			}
+			for _, line := range strings.Split(string(b), "\n") {
+				var rec map[string]any
+				if json.Unmarshal([]byte(line), &rec) == nil && rec["logger"] == "decisions" &&
+					rec["reason"] == "SwitchoverNotNeeded" && rec["cluster"] == ns+"/"+name && rec["type"] == "Normal" &&
+					rec["msg"] == "spec.failover.promotePod: demo-1 is already the primary" {
+					return true, ""
+				}
+			}
+			return false, "no decisions record with reason SwitchoverNotNeeded"
+		})
 	})
 
 	step(t, "deleted replica pod and PVC are recreated", func(t *testing.T) {

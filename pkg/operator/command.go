@@ -286,6 +286,7 @@ func NewManager(o Options, log logr.Logger) (manager.Manager, error) {
 		Status:        sc,
 		StatusTimeout: o.StatusTimeout,
 		DefaultImage:  o.DefaultImage,
+		Log:           log.WithName("decisions"),
 	}
 	err = ctrl.NewControllerManagedBy(mgr).
 		For(&pgv1.PostgresCluster{}).

@@ -56,6 +56,9 @@ type Reconciler struct {
 	DefaultImage string
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Log receives every Event the operator records (its decisions), so that the operator's log
+	// says why without the Events, which expire after an hour. The zero Logger discards.
+	Log logr.Logger
 }
 
 func (r *Reconciler) now() time.Time {
@@ -155,6 +158,11 @@ func (r *Reconciler) event(c *pgv1.PostgresCluster, related runtime.Object, typ,
 		related = nil // a nil *Pod of a missing instance
 	}
 	r.Recorder.Eventf(c, related, typ, reason, reason, format, args...)
+	kv := []any{"cluster", c.Namespace + "/" + c.Name, "reason", reason, "type", typ}
+	if o, ok := related.(client.Object); ok && related != nil {
+		kv = append(kv, "related", o.GetName())
+	}
+	r.Log.Info(fmt.Sprintf(format, args...), kv...)
 }
 
 // persistStatus writes status now: a decision is recorded before it is carried out.
