@@ -88,10 +88,7 @@ func (r *Reconciler) handleFencedPrimary(ctx context.Context, c *pgv1.PostgresCl
 	if err := r.persistStatus(ctx, c); err != nil {
 		return outcome{}, err
 	}
-	if err := r.setDesiredRole(ctx, pods[old], roles.RoleReplica); err != nil {
-		return outcome{}, err
-	}
-	if err := r.setDesiredRole(ctx, pods[choice], roles.RolePrimary); err != nil {
+	if err := r.handOver(ctx, c, pods[old], pods[choice]); err != nil {
 		return outcome{}, err
 	}
 	switchoversTotal.Inc()

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -203,8 +204,8 @@ func (r *Reconciler) handleFailingPrimary(ctx context.Context, c *pgv1.PostgresC
 }
 
 // failover asks every other instance for its position, chooses the best (ChooseCandidate),
-// records the choice, then demotes old (breaking its Lease if its container is not running) and
-// promotes the choice.
+// records the choice, then hands over (handOver: the choice annotated primary, old's Lease broken
+// if its container is not running, old annotated replica).
 //
 // The old primary is demoted only once there is a successor: a primary that is merely not
 // ready, with no replica able to take over, keeps its role rather than being taken down for
@@ -259,24 +260,37 @@ func (r *Reconciler) failover(ctx context.Context, c *pgv1.PostgresCluster, pods
 	if err := r.persistStatus(ctx, c); err != nil {
 		return outcome{}, err
 	}
-	if p := pods[old]; p != nil {
-		// Also a pod being deleted: its instance manager is shutting down, and once it sees
-		// it is replaced it ends its smart shutdown early and hands over its final LSN.
-		if err := r.setDesiredRole(ctx, p, roles.RoleReplica); err != nil {
-			return outcome{}, err
-		}
-		if containerNotRunning(p) != "" {
-			if err := r.breakLease(ctx, c, old); err != nil {
-				return outcome{}, err
-			}
-		}
-	}
-	if err := r.setDesiredRole(ctx, pods[choice], roles.RolePrimary); err != nil {
+	// The old pod also when it is being deleted: its instance manager is shutting down, and once
+	// it sees it is replaced it ends its smart shutdown early and hands over its final LSN.
+	if err := r.handOver(ctx, c, pods[old], pods[choice]); err != nil {
 		return outcome{}, err
 	}
 	failoversTotal.Inc()
 	r.event(c, pods[choice], corev1.EventTypeWarning, "FailoverStarted", "%s", reason)
 	return outcome{phase: pgv1.PhaseFailingOver, reason: reason, requeue: busyResync}, nil
+}
+
+// handOver carries out a recorded decision: it annotates the successor primary, breaks the old
+// primary's Lease if the kubelet reports its container not running (no process of it can write),
+// and annotates the old primary replica (old may be nil), in this order. An operator that dies
+// between two of these steps leaves a cluster that recovers without it: before the Lease is
+// broken, the old primary's restarted instance still holds it and serves again (a restart) while
+// the successor waits for it; after, the successor takes it at once. Annotating the old primary
+// first would leave, for a leader Lease (~15 s), no instance asked to be primary. Who writes is
+// decided by the primary Lease in every order: the successor waits while the old primary holds it.
+func (r *Reconciler) handOver(ctx context.Context, c *pgv1.PostgresCluster, old, successor *corev1.Pod) error {
+	if err := r.setDesiredRole(ctx, successor, roles.RolePrimary); err != nil {
+		return err
+	}
+	if old == nil {
+		return nil
+	}
+	if containerNotRunning(old) != "" {
+		if err := r.breakLease(ctx, c, old.Name); err != nil {
+			return err
+		}
+	}
+	return r.setDesiredRole(ctx, old, roles.RoleReplica)
 }
 
 // breakLease clears the primary Lease's holder if it is old: the kubelet reports old's
@@ -363,12 +377,7 @@ func (r *Reconciler) handleSwitchoverRequests(ctx context.Context, c *pgv1.Postg
 	if err := r.persistStatus(ctx, c); err != nil {
 		return outcome{}, err
 	}
-	if p := pods[old]; p != nil {
-		if err := r.setDesiredRole(ctx, p, roles.RoleReplica); err != nil {
-			return outcome{}, err
-		}
-	}
-	if err := r.setDesiredRole(ctx, pods[win.pod], roles.RolePrimary); err != nil {
+	if err := r.handOver(ctx, c, pods[old], pods[win.pod]); err != nil {
 		return outcome{}, err
 	}
 	switchoversTotal.Inc()
@@ -418,7 +427,13 @@ func (r *Reconciler) rejectRequest(ctx context.Context, c *pgv1.PostgresCluster,
 
 // enforceRoles annotates the target primary primary and every other instance replica.
 func (r *Reconciler) enforceRoles(ctx context.Context, c *pgv1.PostgresCluster, pods map[string]*corev1.Pod) error {
-	for name, p := range pods {
+	// The target primary first, for the reason handOver gives.
+	names := slices.Sorted(maps.Keys(pods))
+	slices.SortStableFunc(names, func(a, b string) int {
+		return boolCmp(b == c.Status.TargetPrimary, a == c.Status.TargetPrimary)
+	})
+	for _, name := range names {
+		p := pods[name]
 		if p.DeletionTimestamp != nil {
 			continue
 		}

@@ -96,10 +96,7 @@ func (r *Reconciler) rollingUpdate(ctx context.Context, c *pgv1.PostgresCluster,
 	if err := r.persistStatus(ctx, c); err != nil {
 		return outcome{}, err
 	}
-	if err := r.setDesiredRole(ctx, primary, roles.RoleReplica); err != nil {
-		return outcome{}, err
-	}
-	if err := r.setDesiredRole(ctx, pods[choice], roles.RolePrimary); err != nil {
+	if err := r.handOver(ctx, c, primary, pods[choice]); err != nil {
 		return outcome{}, err
 	}
 	switchoversTotal.Inc()
