@@ -28,6 +28,9 @@ type flightRecorder struct {
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	logs   map[string]*bytes.Buffer // "<namespace>_<pod>_<uid prefix>_<container>"
+	// restarts of each followed container when following began: a follow ends with the
+	// container, so the logs of later containers of the same pod are fetched by save.
+	restarts map[string]int32
 }
 
 // maxFlightLog bounds each followed log; a soak runs for hours.
@@ -35,7 +38,8 @@ const maxFlightLog = 8 << 20
 
 func (e *env) startFlightRecorder() *flightRecorder {
 	ctx, cancel := context.WithCancel(context.Background())
-	f := &flightRecorder{e: e, since: time.Now().Add(-5 * time.Second), cancel: cancel, logs: map[string]*bytes.Buffer{}}
+	f := &flightRecorder{e: e, since: time.Now().Add(-5 * time.Second), cancel: cancel, logs: map[string]*bytes.Buffer{},
+		restarts: map[string]int32{}}
 	for _, src := range []struct{ ns, selector string }{
 		{e.ns, clusterLabel + "=" + e.cluster},
 		{operatorNamespace, "app.kubernetes.io/name=" + operatorName},
@@ -47,6 +51,7 @@ func (e *env) startFlightRecorder() *flightRecorder {
 		}
 		for _, p := range l.Items {
 			for _, c := range p.Spec.Containers {
+				f.restarts[logKey(&p, c.Name)] = restarts(&p, c.Name)
 				f.follow(ctx, p, c.Name)
 			}
 		}
@@ -125,14 +130,25 @@ func (f *flightRecorder) save(dir string) string {
 		for _, p := range l.Items {
 			for _, c := range p.Spec.Containers {
 				k := logKey(&p, c.Name)
-				if _, seen := f.logs[k]; seen {
-					continue
+				fetch := func(name string, previous bool) {
+					b, err := e.cs.CoreV1().Pods(ns).GetLogs(p.Name, &corev1.PodLogOptions{Container: c.Name, SinceTime: &since,
+						Timestamps: true, Previous: previous}).DoRaw(ctx)
+					if err != nil {
+						b = []byte(fmt.Sprintf("flight recorder: cannot read the log: %v\n", err))
+					}
+					_ = os.WriteFile(filepath.Join(dir, name), b, 0o644)
 				}
-				b, err := e.cs.CoreV1().Pods(ns).GetLogs(p.Name, &corev1.PodLogOptions{Container: c.Name, SinceTime: &since, Timestamps: true}).DoRaw(ctx)
-				if err != nil {
-					b = []byte(fmt.Sprintf("flight recorder: cannot read the log: %v\n", err))
+				before, followed := f.restarts[k]
+				switch n := restarts(&p, c.Name); {
+				case !followed:
+					fetch(k+".log", false)
+				case n > before:
+					// The followed container ended; the pod's later ones are not in the follow.
+					if n > before+1 {
+						fetch(k+".previous.log", true)
+					}
+					fetch(k+".current.log", false)
 				}
-				_ = os.WriteFile(filepath.Join(dir, k+".log"), b, 0o644)
 			}
 		}
 	}

@@ -1,6 +1,8 @@
 package roles
 
 import (
+	"errors"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -292,6 +294,44 @@ func TestRewindAndReclone(t *testing.T) {
 	if f := m1.findLog("postgres failed"); f != nil {
 		t.Errorf("demo-1 crash-looped: %v", f)
 	}
+
+	// A pg_rewind or clone killed half-way (the container killed, the node lost) leaves its
+	// marker beside PGDATA; the next start must re-clone instead of running or rewinding that
+	// directory. Simulated: demo-1 stops, its control file is ruined, and the marker a killed
+	// pg_rewind leaves is written. A finished rebuild leaves no marker.
+	for _, m := range []*member{m0, m1} {
+		if _, err := os.Stat(rebuildMarker(m)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s: %s exists after a finished rebuild (%v)", m.name, rebuildMarker(m), err)
+		}
+	}
+	if err := syscall.Kill(m1.managerPID(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-m1.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("demo-1 did not exit after SIGTERM")
+	}
+	if err := os.WriteFile(filepath.Join(m1.pgdata, "global", "pg_control"), make([]byte, 8192), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(rebuildMarker(m1), []byte("pg_rewind\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m1.start()
+	m1.waitLog(30*time.Second, "an earlier rebuild of the data directory was interrupted: re-cloning")
+	waitFor(t, 90*time.Second, "demo-1 to stream from demo-0 again", func() bool { return m1.streamingFrom(m0) })
+	if ev := c.events(m1.name); count(ev, "Recloned") != 2 {
+		t.Errorf("demo-1 events %v: want a second Recloned", ev)
+	}
+	if _, err := os.Stat(rebuildMarker(m1)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s exists after the re-clone (%v)", rebuildMarker(m1), err)
+	}
+}
+
+// rebuildMarker is where an instance records a running pg_rewind or clone.
+func rebuildMarker(m *member) string {
+	return filepath.Join(filepath.Dir(m.pgdata), "pgwarden-rebuilding")
 }
 
 // assertNoDiverged: the rows only the old primary had are gone.
@@ -365,6 +405,17 @@ func TestPartitionFences(t *testing.T) {
 	} else if r, _ := st["fencedReason"].(string); !strings.HasPrefix(r, "primary lease lost: ") || st["fenced"] != nil {
 		// Not a fence on request: fenced (on request) stays unset, the reason names the Lease.
 		t.Errorf("demo-0 while partitioned: fenced %v, fencedReason %q", st["fenced"], r)
+	}
+	// Postgres is stopped on purpose: the kubelet must not restart the container for it (a
+	// restart cannot reach the API server either, and one that lands during the rewind after
+	// the heal ruins the data directory). Readiness fails.
+	for _, path := range []string{"/startupz", "/healthz"} {
+		if code, body := get(m0.statusAddr, path); code != http.StatusOK {
+			t.Errorf("%s of the fenced demo-0: %d %s; want 200", path, code, body)
+		}
+	}
+	if code, _ := get(m0.statusAddr, "/readyz"); code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz of the fenced demo-0: %d; want 503", code)
 	}
 
 	m0.proxy.Restore()

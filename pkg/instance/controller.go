@@ -207,6 +207,29 @@ func (c *controller) heldReason() string {
 	return c.fenceNote
 }
 
+// stoppedReason is why postgres is stopped on purpose, or "": the liveness
+// and startup exemption. Besides a fence on request, a primary fenced after
+// losing its Lease and an instance rejoining the cluster (waiting for a
+// primary, rewinding, cloning) keep postgres stopped until they can follow a
+// primary; the kubelet restarting the container cannot help them, and killing
+// a pg_rewind or a clone half-way ruins the data directory it was writing
+// (found by the fault suite: a partitioned primary, healed, was killed by its
+// liveness probe while rewinding and crash-looped). The caller checks that
+// postgres is not running.
+func (c *controller) stoppedReason() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch c.ph {
+	case phaseHeld:
+		return c.fenceNote
+	case phaseFenced:
+		return "fenced: the primary lease was lost; postgres stays stopped until the instance can rejoin"
+	case phaseRejoining:
+		return "rejoining: postgres stays stopped until there is a primary to follow (and the data are rewound or cloned)"
+	}
+	return ""
+}
+
 func (c *controller) setFenceNote(note string) {
 	c.mu.Lock()
 	c.fenceNote = note
@@ -809,6 +832,25 @@ func (c *controller) rejoin(ctx, hold context.Context) (done bool, err error) {
 	if err != nil {
 		return false, err
 	}
+	if what, err := c.interruptedRebuild(); err != nil {
+		return false, err
+	} else if what != "" {
+		// Half rewound or half cloned: never run it, least of all as a primary. Clone afresh
+		// from the Lease holder as soon as there is one.
+		if !c.otherHolder(st) {
+			return false, c.waiting("a data directory whose "+what+" was interrupted waits for a primary to clone from", st)
+		}
+		c.log.Warn("an earlier rebuild of the data directory was interrupted: re-cloning", "interrupted", what)
+		if err := c.markRebuild("clone"); err != nil {
+			return false, err
+		}
+		if err := emptyDir(c.o.DataDir); err != nil {
+			return false, fmt.Errorf("cannot empty the data directory to re-clone: %w", err)
+		}
+		c.event(corev1.EventTypeWarning, roles.ReasonRecloned,
+			"The %s before this start was interrupted: replacing the data directory with a fresh clone of the primary", what)
+		// Empty now: joinAsReplica below clones it.
+	}
 	state, err := postgres.InspectDataDir(c.o.DataDir, c.bin.Major)
 	if err != nil {
 		return false, err
@@ -988,17 +1030,23 @@ func (c *controller) catchUpFormerPrimary(ctx context.Context, addr string) erro
 		c.log.Info("former primary did not shut down cleanly: rewinding", "state", string(cd.State))
 	}
 	began := time.Now()
+	if err := c.markRebuild("pg_rewind"); err != nil {
+		return err
+	}
 	err = postgres.Rewind(ctx, c.bin, postgres.RewindOptions{
 		DataDir: c.o.DataDir, SourceHost: addr, SourcePort: c.o.Port,
 		User: postgres.ReplicationRole, Passfile: c.passfile, RunAs: c.user,
 	})
 	if err != nil {
 		if ctx.Err() != nil {
-			return err
+			return err // the marker stays: the next start re-clones
 		}
 		c.log.Error("pg_rewind failed: re-cloning", "error", err.Error())
 		c.event(corev1.EventTypeWarning, roles.ReasonRewindFailed, "pg_rewind from %s failed; re-cloning: %v", addr, err)
 		return c.reclone(ctx, addr, err)
+	}
+	if err := c.unmarkRebuild(); err != nil {
+		return err
 	}
 	if err := c.checkRewound(ctx, addr); err != nil {
 		return err
@@ -1047,6 +1095,9 @@ var errAwaitPromotion = errors.New("waiting for the new primary to promote befor
 
 // reclone empties the data directory and clones it from addr.
 func (c *controller) reclone(ctx context.Context, addr string, why error) error {
+	if err := c.markRebuild("clone"); err != nil {
+		return err
+	}
 	if err := emptyDir(c.o.DataDir); err != nil {
 		return fmt.Errorf("cannot empty the data directory to re-clone: %w", err)
 	}
@@ -1060,10 +1111,18 @@ func (c *controller) reclone(ctx context.Context, addr string, why error) error 
 func (c *controller) clone(ctx context.Context, addr string) error {
 	began := time.Now()
 	c.log.Info("cloning the data directory", "source", addr)
+	if err := c.markRebuild("clone"); err != nil {
+		return err
+	}
 	err := postgres.Clone(ctx, c.bin, postgres.CloneOptions{
 		DataDir: c.o.DataDir, Host: addr, Port: c.o.Port, User: postgres.ReplicationRole,
 		Passfile: c.passfile, RunAs: c.user, ApplicationName: c.me,
 	})
+	// A clone that returned, failed or not, has cleaned up after itself: only a
+	// process killed during it leaves the marker.
+	if uerr := c.unmarkRebuild(); err == nil {
+		err = uerr
+	}
 	if err != nil {
 		return err
 	}
@@ -1071,9 +1130,84 @@ func (c *controller) clone(ctx context.Context, addr string) error {
 	return nil
 }
 
-// emptyDir removes everything inside dir, keeping dir (often a mount point).
+// A pg_rewind or a clone killed half-way (the container killed, the node
+// lost) leaves a data directory that must never run. rebuildFile, beside
+// PGDATA on the same volume, names the rebuild while one runs; a start that
+// finds it re-clones (rejoin).
+func (c *controller) rebuildFile() string { return rebuildMarker(c.o.DataDir) }
+
+func rebuildMarker(dataDir string) string {
+	return filepath.Join(filepath.Dir(filepath.Clean(dataDir)), "pgwarden-rebuilding")
+}
+
+func (c *controller) markRebuild(what string) error {
+	// A first clone may find no parent yet; it is made as the clone makes missing parents.
+	if err := os.MkdirAll(filepath.Dir(c.rebuildFile()), 0o755); err != nil {
+		return fmt.Errorf("cannot record the start of a %s: %w", what, err)
+	}
+	if err := writeFileSync(c.rebuildFile(), []byte(what+"\n")); err != nil {
+		return fmt.Errorf("cannot record the start of a %s: %w", what, err)
+	}
+	return nil
+}
+
+func (c *controller) unmarkRebuild() error {
+	if err := os.Remove(c.rebuildFile()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("cannot record the end of a rebuild: %w", err)
+	}
+	return nil
+}
+
+// interruptedRebuild names the rebuild an earlier process left unfinished, or "".
+func (c *controller) interruptedRebuild() (string, error) { return interruptedRebuild(c.o.DataDir) }
+
+func interruptedRebuild(dataDir string) (string, error) {
+	b, err := os.ReadFile(rebuildMarker(dataDir))
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("cannot read %s: %w", rebuildMarker(dataDir), err)
+	}
+	what := strings.TrimSpace(string(b))
+	if what == "" {
+		what = "rebuild"
+	}
+	return what, nil
+}
+
+// writeFileSync writes a small file durably: the data, then the directory entry.
+func writeFileSync(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// emptyDir removes everything inside dir, keeping dir (often a mount point);
+// a dir that does not exist is empty.
 func emptyDir(dir string) error {
 	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}

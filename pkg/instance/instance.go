@@ -164,7 +164,16 @@ func run(ctx context.Context, hup <-chan struct{}, o Options, base, log *slog.Lo
 	}
 	state, err := postgres.InspectDataDir(o.DataDir, bin.Major)
 	if err != nil {
-		return lifecycle.ExitCouldNotStart, err
+		// A pg_rewind or clone killed half-way leaves such a directory on purpose-made
+		// ground: the role controller replaces it with a fresh clone before anything runs
+		// it. Any other unusable directory is left as it is, with the error.
+		what, merr := interruptedRebuild(o.DataDir)
+		if !o.kubernetes() || what == "" || merr != nil {
+			return lifecycle.ExitCouldNotStart, err
+		}
+		log.Warn("the data directory is unusable after an interrupted rebuild; it will be replaced by a fresh clone",
+			"interrupted", what, "error", err.Error())
+		state = postgres.Existing
 	}
 	if err := portFree(o.ListenAddresses, o.Port); err != nil {
 		return lifecycle.ExitCouldNotStart, err
@@ -293,11 +302,11 @@ func run(ctx context.Context, hup <-chan struct{}, o Options, base, log *slog.Lo
 		}
 		return nil
 	})
-	// A fenced instance keeps postgres stopped on purpose: liveness must not
-	// make the kubelet restart the container for it.
+	// A fenced or rejoining instance keeps postgres stopped on purpose:
+	// liveness must not make the kubelet restart the container for it.
 	prober.SetLivenessExemption(func() string {
 		if ctrl != nil && sup.PID() == 0 {
-			return ctrl.heldReason()
+			return ctrl.stoppedReason()
 		}
 		return ""
 	})
