@@ -372,17 +372,21 @@ func holdLease(t *testing.T, c client.Client, ns, cluster, holder string) {
 		defer close(r.done)
 		tick := time.NewTicker(2 * time.Second)
 		defer tick.Stop()
+		renewed := time.Now()
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-tick.C:
 			}
+			// Like a real holder: errors (a loaded API server) are retried until the renew
+			// deadline, then it gives up (a real one fences). Ending at the first error let
+			// the Lease lapse, and the operator fail over, in the middle of a test.
+			if time.Since(renewed) > roles.DefaultRenewDeadline {
+				return
+			}
 			l := &coordinationv1.Lease{}
 			if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: roles.LeaseName(cluster)}, l); err != nil {
-				if ctx.Err() == nil && !apierrors.IsNotFound(err) {
-					return // the API server is gone: the test is over
-				}
 				continue
 			}
 			if l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity != holder {
@@ -390,7 +394,9 @@ func holdLease(t *testing.T, c client.Client, ns, cluster, holder string) {
 			}
 			now := metav1.NewMicroTime(time.Now())
 			l.Spec.RenewTime = &now
-			_ = c.Update(ctx, l) // a conflict is retried at the next tick
+			if c.Update(ctx, l) == nil { // a conflict is retried at the next tick
+				renewed = time.Now()
+			}
 		}
 	}()
 }

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -135,14 +134,7 @@ func TestFenceOnRequest(t *testing.T) {
 	// process knows no earlier valid value and takes the safe side, fenced. It comes back
 	// without starting postgres, and its startup and liveness probes pass (else the kubelet
 	// would kill it in a loop).
-	if err := syscall.Kill(pid2, syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-m2.done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("demo-2 did not exit after SIGTERM")
-	}
+	m2.terminate(pid2)
 	if m2.code != 0 {
 		t.Errorf("demo-2 exit code %d after SIGTERM while fenced, want 0", m2.code)
 	}
@@ -186,14 +178,7 @@ func TestFenceOnRequest(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "a FenceWaiting Event on demo-0", func() bool { return count(c.events(m0.name), roles.ReasonFenceWaiting) == 1 })
 	// Its container restarts meanwhile: it comes back as the primary (still waiting), not fenced.
-	if err := syscall.Kill(m0.managerPID(), syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-m0.done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("demo-0 did not exit after SIGTERM")
-	}
+	m0.terminate(0)
 	m0.start()
 	waitFor(t, 60*time.Second, "demo-0 to be the primary again, its fence still waiting", func() bool {
 		r, _ := m0.status()["fencedReason"].(string)

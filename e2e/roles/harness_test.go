@@ -243,6 +243,24 @@ func (m *member) start() {
 	})
 }
 
+// terminate sends SIGTERM to the manager (pid, or the current one when 0) and waits until it
+// exited, as the kubelet does when it stops a container.
+func (m *member) terminate(pid int) {
+	t := m.c.t
+	t.Helper()
+	if pid == 0 {
+		pid = m.managerPID()
+	}
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-m.done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s did not exit after SIGTERM", m.name)
+	}
+}
+
 func (m *member) exited() bool {
 	select {
 	case <-m.done:

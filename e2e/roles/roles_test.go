@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -84,14 +83,7 @@ func TestSwitchoverBothWays(t *testing.T) {
 
 	// SIGTERM to the primary's manager: a clean shutdown that hands the
 	// Lease on with its final LSN instead of letting it expire.
-	if err := syscall.Kill(m0.managerPID(), syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-m0.done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("demo-0 did not exit after SIGTERM")
-	}
+	m0.terminate(0)
 	if m0.code != 0 {
 		t.Errorf("demo-0 exit code %d after SIGTERM, want 0", m0.code)
 	}
@@ -304,14 +296,7 @@ func TestRewindAndReclone(t *testing.T) {
 			t.Errorf("%s: %s exists after a finished rebuild (%v)", m.name, rebuildMarker(m), err)
 		}
 	}
-	if err := syscall.Kill(m1.managerPID(), syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-m1.done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("demo-1 did not exit after SIGTERM")
-	}
+	m1.terminate(0)
 	if err := os.WriteFile(filepath.Join(m1.pgdata, "global", "pg_control"), make([]byte, 8192), 0o600); err != nil {
 		t.Fatal(err)
 	}

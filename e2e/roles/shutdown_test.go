@@ -108,3 +108,50 @@ func TestRestartedPrimaryHandsOver(t *testing.T) {
 	waitFor(t, 60*time.Second, "demo-0 to stream from demo-1", func() bool { return m0.streamingFrom(m1) })
 	waitFor(t, 60*time.Second, "demo-2 to stream from demo-1", func() bool { return m2.streamingFrom(m1) })
 }
+
+// TestShutdownWhileDemoting: the operator's replica annotation can land a
+// moment before the SIGTERM of the pod's deletion, so the shutdown begins
+// while the instance is demoting (held there on purpose here: a standby that
+// streamed from it is down, and the demotion waits for it). It must still end
+// the smart phase at once (the soak saw a full 15 s smart phase before).
+func TestShutdownWhileDemoting(t *testing.T) {
+	c := newCluster(t, 3)
+	c.startAll()
+	m0, m1, m2 := c.members[0], c.members[1], c.members[2]
+	waitFor(t, 60*time.Second, "demo-1 and demo-2 to stream from demo-0", func() bool {
+		return m1.streamingFrom(m0) && m2.streamingFrom(m0)
+	})
+	waitFor(t, 30*time.Second, "demo-0 to record 2 standbys", func() bool {
+		b, err := os.ReadFile(filepath.Join(filepath.Dir(m0.pgdata), "pgwarden-standbys"))
+		return err == nil && strings.TrimSpace(string(b)) == "2"
+	})
+	m2.terminate(0)
+	ctx, cancel := contextWithTimeout(10 * time.Second)
+	defer cancel()
+	idle, err := m0.connect(ctx) // a session that never ends by itself
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close(ctx)
+
+	c.annotate(m0.name, "replica", m1.name, "primary")
+	waitFor(t, 10*time.Second, "demo-0 to be demoting", func() bool {
+		st := m0.status()
+		return st != nil && st["phase"] == "demoting"
+	})
+	began := time.Now()
+	if err := syscall.Kill(m0.managerPID(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// --stop-delay 20s: smart shutdown alone would last 10 s.
+	select {
+	case <-m0.done:
+	case <-time.After(8 * time.Second):
+		t.Fatalf("demo-0 still running %s after SIGTERM while demoting: the smart phase was not cut short", time.Since(began).Round(time.Millisecond))
+	}
+	if m0.findLog("another instance was chosen as primary: ending the smart shutdown early") == nil {
+		t.Error("demo-0 did not log why it ended the smart shutdown early")
+	}
+	t.Logf("SIGTERM while demoting -> demo-0 exited after %s (code %d)", time.Since(began).Round(time.Millisecond), m0.code)
+	waitFor(t, 30*time.Second, "demo-1 to accept a write", m1.acceptsWrite)
+}

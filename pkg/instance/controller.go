@@ -548,7 +548,10 @@ func (c *controller) hurryWhenReplaced(ctx context.Context, sup *lifecycle.Super
 	case <-done:
 		return
 	}
-	if c.phase() != phasePrimary {
+	// Demoting too: the operator's annotation can land a moment before the
+	// SIGTERM of the pod's deletion (the soak saw it: the demotion was cut
+	// short by the shutdown, and the smart phase ran its full 15 s).
+	if ph := c.phase(); ph != phasePrimary && ph != phaseDemoting {
 		return
 	}
 	t := time.NewTicker(100 * time.Millisecond)
