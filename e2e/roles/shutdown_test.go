@@ -1,6 +1,7 @@
 package roles
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"slices"
@@ -18,19 +19,8 @@ import (
 // primary takes writes long before the smart phase would have ended, with
 // every acknowledged write and never two writers.
 func TestShutdownHandsOver(t *testing.T) {
-	c := newCluster(t, 3)
-	c.startAll()
-	m0, m1, m2 := c.members[0], c.members[1], c.members[2]
-	waitFor(t, 60*time.Second, "demo-1 and demo-2 to stream from demo-0", func() bool {
-		return m1.streamingFrom(m0) && m2.streamingFrom(m0)
-	})
-	ctx, cancel := contextWithTimeout(10 * time.Second)
-	defer cancel()
-	idle, err := m0.connect(ctx) // a session that never ends by itself
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer idle.Close(ctx)
+	c, m0, m1, m2 := streamingTrio(t)
+	holdIdleSession(t, m0)
 	ch := c.startChecker()
 	waitFor(t, 10*time.Second, "a first acknowledged write", func() bool {
 		ch.mu.Lock()
@@ -45,18 +35,7 @@ func TestShutdownHandsOver(t *testing.T) {
 	m0.waitLog(10*time.Second, "stopping postgres") // smart shutdown has begun
 	c.annotate(m0.name, "replica", m1.name, "primary")
 
-	// --stop-delay 20s: smart shutdown alone would last 10 s.
-	select {
-	case <-m0.done:
-	case <-time.After(8 * time.Second):
-		t.Fatalf("demo-0 still running %s after SIGTERM and its replacement: the smart phase was not cut short", time.Since(began).Round(time.Millisecond))
-	}
-	if m0.code != 0 {
-		t.Errorf("demo-0 exit code %d, want 0 (a clean fast shutdown)", m0.code)
-	}
-	if m0.findLog("another instance was chosen as primary: ending the smart shutdown early") == nil {
-		t.Error("demo-0 did not log why it ended the smart shutdown early")
-	}
+	expectHurriedExit(t, m0, began, "SIGTERM and its replacement")
 	waitFor(t, 30*time.Second, "demo-1 to accept a write", m1.acceptsWrite)
 	t.Logf("SIGTERM to the primary -> new primary writable after %s", time.Since(began).Round(time.Millisecond))
 	waitFor(t, 30*time.Second, "demo-2 to follow demo-1", func() bool { return m2.streamingFrom(m1) })
@@ -115,24 +94,13 @@ func TestRestartedPrimaryHandsOver(t *testing.T) {
 // streamed from it is down, and the demotion waits for it). It must still end
 // the smart phase at once (the soak saw a full 15 s smart phase before).
 func TestShutdownWhileDemoting(t *testing.T) {
-	c := newCluster(t, 3)
-	c.startAll()
-	m0, m1, m2 := c.members[0], c.members[1], c.members[2]
-	waitFor(t, 60*time.Second, "demo-1 and demo-2 to stream from demo-0", func() bool {
-		return m1.streamingFrom(m0) && m2.streamingFrom(m0)
-	})
+	c, m0, m1, m2 := streamingTrio(t)
 	waitFor(t, 30*time.Second, "demo-0 to record 2 standbys", func() bool {
 		b, err := os.ReadFile(filepath.Join(filepath.Dir(m0.pgdata), "pgwarden-standbys"))
 		return err == nil && strings.TrimSpace(string(b)) == "2"
 	})
 	m2.terminate(0)
-	ctx, cancel := contextWithTimeout(10 * time.Second)
-	defer cancel()
-	idle, err := m0.connect(ctx) // a session that never ends by itself
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer idle.Close(ctx)
+	holdIdleSession(t, m0)
 
 	c.annotate(m0.name, "replica", m1.name, "primary")
 	waitFor(t, 10*time.Second, "demo-0 to be demoting", func() bool {
@@ -143,15 +111,49 @@ func TestShutdownWhileDemoting(t *testing.T) {
 	if err := syscall.Kill(m0.managerPID(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	// --stop-delay 20s: smart shutdown alone would last 10 s.
-	select {
-	case <-m0.done:
-	case <-time.After(8 * time.Second):
-		t.Fatalf("demo-0 still running %s after SIGTERM while demoting: the smart phase was not cut short", time.Since(began).Round(time.Millisecond))
-	}
-	if m0.findLog("another instance was chosen as primary: ending the smart shutdown early") == nil {
-		t.Error("demo-0 did not log why it ended the smart shutdown early")
-	}
-	t.Logf("SIGTERM while demoting -> demo-0 exited after %s (code %d)", time.Since(began).Round(time.Millisecond), m0.code)
+	expectHurriedExit(t, m0, began, "SIGTERM while demoting")
+	t.Logf("SIGTERM while demoting -> demo-0 exited after %s", time.Since(began).Round(time.Millisecond))
 	waitFor(t, 30*time.Second, "demo-1 to accept a write", m1.acceptsWrite)
+}
+
+// streamingTrio starts a 3-member cluster and waits until demo-1 and demo-2 stream from demo-0.
+func streamingTrio(t *testing.T) (*cluster, *member, *member, *member) {
+	t.Helper()
+	c := newCluster(t, 3)
+	c.startAll()
+	m0, m1, m2 := c.members[0], c.members[1], c.members[2]
+	waitFor(t, 60*time.Second, "demo-1 and demo-2 to stream from demo-0", func() bool {
+		return m1.streamingFrom(m0) && m2.streamingFrom(m0)
+	})
+	return c, m0, m1, m2
+}
+
+// holdIdleSession opens a session on m that never ends by itself (a smart shutdown waits for
+// it), closed when the test ends.
+func holdIdleSession(t *testing.T, m *member) {
+	t.Helper()
+	ctx, cancel := contextWithTimeout(10 * time.Second)
+	defer cancel()
+	idle, err := m.connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { idle.Close(context.Background()) })
+}
+
+// expectHurriedExit: m, replaced and sent SIGTERM at began, exits cleanly well before its smart
+// phase would end (--stop-delay 20s: 10 s), and logs why.
+func expectHurriedExit(t *testing.T, m *member, began time.Time, after string) {
+	t.Helper()
+	select {
+	case <-m.done:
+	case <-time.After(8 * time.Second):
+		t.Fatalf("%s still running %s after %s: the smart phase was not cut short", m.name, time.Since(began).Round(time.Millisecond), after)
+	}
+	if m.code != 0 {
+		t.Errorf("%s exit code %d, want 0 (a clean fast shutdown)", m.name, m.code)
+	}
+	if m.findLog("another instance was chosen as primary: ending the smart shutdown early") == nil {
+		t.Errorf("%s did not log why it ended the smart shutdown early", m.name)
+	}
 }
