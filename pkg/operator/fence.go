@@ -3,6 +3,7 @@ package operator
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 
 	corev1 "k8s.io/api/core/v1"
@@ -50,30 +51,14 @@ func (r *Reconciler) handleFencedPrimary(ctx context.Context, c *pgv1.PostgresCl
 	st := &c.Status
 	old := st.TargetPrimary
 	var cands []Candidate
-	var ask []*corev1.Pod
-	names := make([]string, 0, len(pods))
-	for name := range pods {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	for _, name := range names {
-		p := pods[name]
+	for _, name := range slices.Sorted(maps.Keys(pods)) {
 		if name == old || podIndex(c.Name, name) > int(c.Spec.Instances) {
 			continue
 		}
-		problem := switchoverProblem(p, name)
+		problem := switchoverProblem(pods[name], name)
 		cands = append(cands, Candidate{Name: name, Usable: problem == "", Why: problem})
-		if problem == "" {
-			ask = append(ask, p)
-		}
 	}
-	answers := fetchStatuses(ctx, r.Status, ask, r.StatusTimeout)
-	for i := range cands {
-		if a, ok := answers[cands[i].Name]; ok {
-			cands[i].Status, cands[i].Err = a.status, a.err
-		}
-	}
-	choice, err := ChooseCandidate(cands, int(c.Spec.Replication.Synchronous.Number))
+	choice, err := r.chooseSuccessor(ctx, c, pods, cands)
 	if err != nil {
 		reason := fmt.Sprintf("primary %s is asked to fence (%s=true) but no replica can take over (%v): it keeps running as the primary",
 			old, roles.FencedAnnotation, err)

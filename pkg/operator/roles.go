@@ -214,7 +214,6 @@ func (r *Reconciler) handleFailingPrimary(ctx context.Context, c *pgv1.PostgresC
 func (r *Reconciler) failover(ctx context.Context, c *pgv1.PostgresCluster, pods map[string]*corev1.Pod, old, why string) (outcome, error) {
 	st := &c.Status
 	var cands []Candidate
-	var ask []*corev1.Pod
 	for i := 1; i <= int(c.Spec.Instances); i++ {
 		name := podName(c.Name, i)
 		if name == old {
@@ -225,19 +224,9 @@ func (r *Reconciler) failover(ctx context.Context, c *pgv1.PostgresCluster, pods
 		if why == "" && fenceExcluded(p) {
 			why = fmt.Sprintf("fenced (%s)", roles.FencedAnnotation)
 		}
-		usable := why == ""
-		cands = append(cands, Candidate{Name: name, Usable: usable, Why: why})
-		if usable {
-			ask = append(ask, p)
-		}
+		cands = append(cands, Candidate{Name: name, Usable: why == "", Why: why})
 	}
-	answers := fetchStatuses(ctx, r.Status, ask, r.StatusTimeout)
-	for i := range cands {
-		if a, ok := answers[cands[i].Name]; ok {
-			cands[i].Status, cands[i].Err = a.status, a.err
-		}
-	}
-	choice, err := ChooseCandidate(cands, int(c.Spec.Replication.Synchronous.Number))
+	choice, err := r.chooseSuccessor(ctx, c, pods, cands)
 	if err != nil {
 		reason := fmt.Sprintf("primary %s failed (%s); %v", old, why, err)
 		if st.PhaseReason != reason {
@@ -268,6 +257,24 @@ func (r *Reconciler) failover(ctx context.Context, c *pgv1.PostgresCluster, pods
 	failoversTotal.Inc()
 	r.event(c, pods[choice], corev1.EventTypeWarning, "FailoverStarted", "%s", reason)
 	return outcome{phase: pgv1.PhaseFailingOver, reason: reason, requeue: busyResync}, nil
+}
+
+// chooseSuccessor asks the usable candidates for their /status, in parallel and each bounded by
+// StatusTimeout, fills their answers into cands, and chooses among them (ChooseCandidate).
+func (r *Reconciler) chooseSuccessor(ctx context.Context, c *pgv1.PostgresCluster, pods map[string]*corev1.Pod, cands []Candidate) (string, error) {
+	var ask []*corev1.Pod
+	for _, cd := range cands {
+		if cd.Usable {
+			ask = append(ask, pods[cd.Name])
+		}
+	}
+	answers := fetchStatuses(ctx, r.Status, ask, r.StatusTimeout)
+	for i := range cands {
+		if a, ok := answers[cands[i].Name]; ok {
+			cands[i].Status, cands[i].Err = a.status, a.err
+		}
+	}
+	return ChooseCandidate(cands, int(c.Spec.Replication.Synchronous.Number))
 }
 
 // handOver carries out a recorded decision: it annotates the successor primary, breaks the old
